@@ -1,0 +1,64 @@
+"""Connections and named queries: the only module that knows how to reach PostgreSQL.
+
+The store, the migrator, the worker and the client all get their connections here. Without
+``DURABLE_DATABASE_URL`` an embedded PostgreSQL (the ``pgserver`` wheel) is started on demand.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg.rows import tuple_row
+from psycopg_pool import ConnectionPool
+
+from .settings import DatabaseSettings
+
+_NAME_RE = re.compile(r"^-- name: (\w+)\s*$", re.M)
+
+
+@cache
+def queries() -> dict[str, str]:
+    text = resources.files("durable").joinpath("sql/queries.sql").read_text()
+    parts = _NAME_RE.split(text)
+    return {name: sql.strip().rstrip(";") for name, sql in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def q(name: str) -> str:
+    return queries()[name]
+
+
+def embedded_url(data_dir: str) -> str:
+    """Start (or reuse) the embedded PostgreSQL under ``data_dir`` and return its URL."""
+    try:
+        import pgserver
+    except ImportError:
+        raise RuntimeError(
+            "DURABLE_DATABASE_URL is not set and the embedded PostgreSQL is not installed; "
+            "pip install 'durable[embedded]' or set DURABLE_DATABASE_URL") from None
+    server = pgserver.get_server(data_dir, cleanup_mode=None)
+    return str(server.get_uri())
+
+
+def resolve_url(settings: DatabaseSettings) -> str:
+    return settings.url or embedded_url(settings.embedded_dir)
+
+
+def connect_kwargs(settings: DatabaseSettings) -> dict[str, Any]:
+    # search_path puts our schema first so queries stay unqualified and the schema configurable.
+    # Autocommit: every multi-statement unit of work opens its own explicit transaction.
+    return {"options": f"-c search_path={settings.schema},public", "row_factory": tuple_row, "autocommit": True}
+
+
+def connect(url: str, settings: DatabaseSettings) -> psycopg.Connection[Any]:
+    return psycopg.connect(url, **connect_kwargs(settings))
+
+
+def make_pool(url: str, settings: DatabaseSettings, *, size: int, name: str) -> ConnectionPool:
+    pool = ConnectionPool(url, min_size=1, max_size=max(size, 1), kwargs=connect_kwargs(settings),
+                          name=name, open=False, reconnect_timeout=0, timeout=60.0)
+    pool.open(wait=False)
+    return pool

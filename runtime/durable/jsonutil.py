@@ -1,0 +1,62 @@
+"""JSON encoding with errors that name the offending key path.
+
+Used by the client (input) and the executor (step output) before anything is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import ContextTooLarge, InvalidInput
+
+_encoder = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+
+
+def _find_bad(value: Any, path: str) -> str | None:
+    if value is None or isinstance(value, str | bool | int):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path}: {value!r} is not a JSON number"
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                return f"{path}: key {k!r} is a {type(k).__name__}, JSON keys must be strings"
+            bad = _find_bad(v, f"{path}[{k!r}]")
+            if bad:
+                return bad
+        return None
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            bad = _find_bad(v, f"{path}[{i}]")
+            if bad:
+                return bad
+        return None
+    return f"{path}: {type(value).__name__} is not JSON-serialisable"
+
+
+def dumps(value: Any, *, what: str, limit: int | None = None) -> str:
+    """Serialise ``value`` or raise :class:`InvalidInput` naming the key path (``what`` is its root)."""
+    try:
+        text = _encoder.encode(value)
+    except (TypeError, ValueError):
+        text = None
+    # json coerces non-string keys silently; we refuse them so what comes back is what went in.
+    bad = _find_bad(value, what) if text is None or _has_non_str_key(value) else None
+    if bad or text is None:
+        raise InvalidInput(bad or f"{what} is not JSON-serialisable")
+    if limit is not None and len(text.encode()) > limit:
+        raise ContextTooLarge(
+            f"{what} is {len(text.encode())} bytes of JSON, over the limit of {limit} bytes "
+            "(DURABLE_MAX_CONTEXT_BYTES)")
+    return text
+
+
+def _has_non_str_key(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return any(not isinstance(k, str) or _has_non_str_key(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_non_str_key(v) for v in value)
+    return False

@@ -1,0 +1,177 @@
+"""Run-level storage operations shared by the client and the executor.
+
+Every function takes an open connection inside a transaction (the caller owns commit), so a
+checkpoint can combine several of them into its one transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from .db import q
+from .errors import InvalidInput, RunNotActive, RunNotFound, UnknownQueue, WorkflowNotFound
+from .jsonutil import dumps
+
+ACTIVE = ("pending", "running", "waiting", "compensating")
+TERMINAL = ("succeeded", "failed", "cancelled", "compensated", "timed_out")
+EVENT_KINDS = ["event", "any", "all"]
+INPUT_KINDS = ["input", "approval"]
+
+Conn = psycopg.Connection[Any]
+
+
+def register_workflow(conn: Conn, name: str, hash_: str, first_step: str, graph: dict[str, Any]) -> None:
+    conn.execute(q("upsert_workflow"), {"name": name, "hash": hash_, "first_step": first_step,
+                                        "graph": dumps(graph, what="graph")})
+    queues = sorted({graph.get("queue", "default"), *graph.get("queues", [])})
+    conn.execute(q("upsert_queues"), {"names": queues})
+
+
+def register_queues(conn: Conn, names: list[str]) -> None:
+    conn.execute(q("upsert_queues"), {"names": sorted(set(names))})
+
+
+def start_run(conn: Conn, workflow: str, input_json: str, *, queue: str | None = None,
+              scheduled_at: datetime | None = None, idempotency_key: str | None = None, priority: int = 0,
+              parent: tuple[str, str, int] | None = None) -> tuple[str, bool]:
+    """Create a run (or return the existing one for ``idempotency_key``). Returns ``(run_id, created)``."""
+    row = conn.execute(q("get_workflow"), {"name": workflow}).fetchone()
+    if row is None:
+        known = [r[0] for r in conn.execute(q("list_workflow_names")).fetchall()]
+        raise WorkflowNotFound(
+            f"unknown workflow {workflow!r}; registered workflows: {', '.join(known) or '(none)'} "
+            "(a worker registers the workflows of its --app modules when it starts)")
+    _, hash_, first_step, graph = row
+    queue = queue or graph.get("queue") or "default"
+    if not conn.execute(q("queue_exists"), {"name": queue}).fetchone()[0]:  # type: ignore[index]
+        known = [r[0] for r in conn.execute(q("list_queue_names")).fetchall()]
+        raise UnknownQueue(f"unknown queue {queue!r}; known queues: {', '.join(known)}")
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise InvalidInput(f"priority must be an integer, got {priority!r}")
+    if scheduled_at is not None and scheduled_at.tzinfo is None:
+        scheduled_at = scheduled_at.replace(tzinfo=UTC)
+    if idempotency_key is not None:
+        existing = conn.execute(q("execution_by_key"), {"key": idempotency_key}).fetchone()
+        if existing:
+            return str(existing[0]), False
+    timeout_ms = graph.get("timeout_ms")
+    base = scheduled_at or datetime.now(UTC)
+    deadline = base + timedelta(milliseconds=timeout_ms) if timeout_ms else None
+    run_id = str(uuid.uuid4())
+    inserted = conn.execute(q("insert_execution"), {
+        "id": run_id, "workflow": workflow, "hash": hash_, "queue": queue, "priority": priority,
+        "input": input_json, "first_step": first_step, "idempotency_key": idempotency_key,
+        "parent_id": parent[0] if parent else None, "parent_step": parent[1] if parent else None,
+        "parent_wait_idx": parent[2] if parent else None, "scheduled_at": scheduled_at, "deadline": deadline,
+    }).fetchone()
+    if inserted is None:  # lost a race on the idempotency key
+        existing = conn.execute(q("execution_by_key"), {"key": idempotency_key}).fetchone()
+        return str(existing[0]), False  # type: ignore[index]
+    conn.execute(q("insert_task"), {"run_id": run_id, "kind": "step", "step": first_step, "queue": queue,
+                                    "priority": priority, "due_at": scheduled_at})
+    if deadline is not None:
+        conn.execute(q("insert_task"), {"run_id": run_id, "kind": "deadline", "step": "", "queue": queue,
+                                        "priority": priority, "due_at": deadline})
+    conn.execute(q("notify_tasks"), {"queue": queue})
+    conn.execute(q("notify_run"), {"run_id": run_id})
+    return run_id, True
+
+
+def lock_run(conn: Conn, run_id: str) -> tuple[Any, ...]:
+    try:
+        uuid.UUID(str(run_id))
+    except ValueError:
+        raise RunNotFound(f"{run_id!r} is not a run id (a UUID)") from None
+    row = conn.execute(q("lock_execution"), {"run_id": run_id}).fetchone()
+    if row is None:
+        raise RunNotFound(f"no run with id {run_id}")
+    return tuple(row)
+
+
+def finish_run(conn: Conn, run_id: str, status: str, *, result_json: str | None = None,
+               error: dict[str, Any] | None = None, context_json: str | None = None) -> None:
+    """Move a run to a terminal status, drop its pending work, and wake a waiting parent."""
+    row = conn.execute(q("finish_execution"), {
+        "run_id": run_id, "status": status, "result": result_json,
+        "error": dumps(error, what="error") if error is not None else None, "context": context_json,
+    }).fetchone()
+    conn.execute(q("delete_run_tasks"), {"run_id": run_id})
+    conn.execute(q("clear_run_waits"), {"run_id": run_id})
+    conn.execute(q("clear_mailbox"), {"run_id": run_id})
+    conn.execute(q("notify_run"), {"run_id": run_id})
+    if row is not None and row[0] is not None:
+        _resolve_parent(conn, run_id, status, result_json, error)
+
+
+def _resolve_parent(conn: Conn, child_id: str, status: str, result_json: str | None,
+                    error: dict[str, Any] | None) -> None:
+    for parent_id, step, idx, queue in conn.execute(q("parent_wait_of_child"), {"child_id": child_id}).fetchall():
+        ok = status == "succeeded"
+        message = None if ok else f"child run {child_id} ended {status}: {(error or {}).get('message', '')}"
+        resolve_wait(conn, str(parent_id), step, idx, status="resolved" if ok else "failed",
+                     value_json=result_json if ok else dumps(message, what="error"), queue=queue)
+
+
+def resolve_wait(conn: Conn, run_id: str, step: str, idx: int, *, status: str, value_json: str | None,
+                 queue: str, received_json: str | None = None) -> bool:
+    """Resolve an open wait and make its step runnable now. False if it was no longer open."""
+    row = conn.execute(q("resolve_wait"), {"run_id": run_id, "step": step, "idx": idx, "status": status,
+                                           "value": value_json, "received": received_json}).fetchone()
+    if row is None:
+        return False
+    if status != "open":
+        conn.execute(q("wake_step"), {"run_id": run_id, "step": step, "queue": queue})
+        conn.execute(q("notify_tasks"), {"queue": queue})
+    conn.execute(q("notify_run"), {"run_id": run_id})
+    return True
+
+
+def deliver(conn: Conn, run_id: str, kind: str, name: str, payload: Any) -> str:
+    """Deliver an event or input: resolve a matching open wait, or keep it in the mailbox.
+
+    Returns ``"delivered"`` or ``"queued"``. Runs under the run's row lock so a wait being
+    created concurrently cannot miss it.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(f"{kind} name must be a non-empty string, got {name!r}")
+    payload_json = dumps(payload, what=f"{kind} {name!r} payload")
+    _, workflow, status, *_ = lock_run(conn, run_id)
+    if status in TERMINAL:
+        raise RunNotActive(f"run {run_id} ({workflow}) has already ended {status}; {kind} {name!r} not delivered")
+    kinds = EVENT_KINDS if kind == "event" else INPUT_KINDS
+    wait = conn.execute(q("open_wait_for"), {"run_id": run_id, "kinds": kinds, "name": name}).fetchone()
+    if wait is None:
+        conn.execute(q("put_mail"), {"run_id": run_id, "kind": kind, "name": name, "payload": payload_json})
+        conn.execute(q("notify_run"), {"run_id": run_id})
+        return "queued"
+    step, idx, wkind, names, received, queue = wait
+    if wkind == "all":
+        received = {**received, name: payload}
+        done = all(n in received for n in names)
+        resolve_wait(conn, run_id, step, idx, status="resolved" if done else "open",
+                     value_json=dumps(received, what="payload") if done else None, queue=queue,
+                     received_json=dumps(received, what="payload"))
+    else:
+        value = [name, payload] if wkind == "any" else payload
+        resolve_wait(conn, run_id, step, idx, status="resolved", value_json=dumps(value, what="payload"),
+                     queue=queue)
+    return "delivered"
+
+
+def cancel_run(conn: Conn, run_id: str, reason: str | None) -> bool:
+    """Cancel an active run. False (and nothing changed) when it had already ended."""
+    _, _, status, *_ = lock_run(conn, run_id)
+    if status in TERMINAL:
+        return False
+    finish_run(conn, run_id, "cancelled",
+               error={"step": None, "type": "Cancelled", "message": reason or "cancelled"})
+    return True
+
+
+def jsonb(value: Any) -> Jsonb:
+    return Jsonb(value)

@@ -1,0 +1,37 @@
+"""The in-memory shape of a leased task, shared by the worker, the executor and the checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass
+class Task:
+    id: int
+    run_id: str | None
+    kind: str  # step | join | compensate | deadline | cron
+    step: str
+    queue: str
+    priority: int
+    attempt: int
+    token: str
+    workflow: str | None = None
+    run_queue: str = "default"
+    status: str | None = None
+    context: Any = None
+    schedule_name: str | None = None
+    deadline: datetime | None = None
+    # True when the checkpoint of the previous step leased this task to us: no journal can exist yet.
+    fresh: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_lease_row(cls, row: tuple[Any, ...]) -> Task:
+        (id_, run_id, kind, step, schedule_name, queue, priority, attempt, token,
+         workflow, run_queue, status, context, deadline, started) = row
+        return cls(id=id_, run_id=str(run_id) if run_id else None, kind=kind, step=step, queue=queue,
+                   priority=priority, attempt=attempt, token=str(token), workflow=workflow,
+                   run_queue=run_queue or queue, status="running" if started else status, context=context,
+                   schedule_name=schedule_name, deadline=deadline)

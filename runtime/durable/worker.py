@@ -1,0 +1,267 @@
+"""The worker process: leases tasks from the queues it serves and runs them on a pool of slots.
+
+Started by ``durable worker`` / ``durable dev``. Wakes on ``NOTIFY durable_tasks`` and also polls
+with a bounded back-off, so a lost notification costs latency, never a run. Leases are renewed
+while steps run; a worker that dies simply lets them expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import psycopg
+
+from . import metrics
+from .db import connect, make_pool, q, resolve_url
+from .dsl import REGISTRY, Workflow
+from .errors import UnknownQueue
+from .executor import Executor
+from .jsonutil import dumps
+from .migrate import migrate
+from .settings import Settings
+from .store import register_queues, register_workflow
+from .tasks import Task
+
+log = logging.getLogger("durable.worker")
+T = TypeVar("T")
+
+
+def parse_queues(specs: list[str] | None) -> dict[str, int]:
+    """``["default=10", "priority=5"]`` → ``{"default": 10, "priority": 5}``; a bare name gets 10."""
+    out: dict[str, int] = {}
+    for spec in specs or ["default=10"]:
+        name, _, n = spec.partition("=")
+        name = name.strip()
+        try:
+            conc = int(n) if n else 10
+        except ValueError:
+            raise ValueError(f"--queue {spec!r}: concurrency must be an integer, as in 'default=10'") from None
+        if not name or conc < 1:
+            raise ValueError(f"--queue {spec!r}: expected NAME=CONCURRENCY with CONCURRENCY >= 1")
+        out[name] = conc
+    return out
+
+
+def register_all(conn: psycopg.Connection[Any], workflows: list[Workflow]) -> None:
+    """Store each definition (so clients without the code can start runs) and its schedule."""
+    from .schedule import next_tick
+
+    for wf in workflows:
+        graph = wf.graph
+        desc = {**graph.describe(), "timeout_ms": wf.timeout_ms}
+        with conn.transaction():
+            register_workflow(conn, wf.name, graph.hash, graph.first, desc)
+            if wf.schedule is not None:
+                nxt = next_tick(wf.schedule.expression, wf.schedule.timezone, datetime.now(UTC))
+                row = conn.execute(q("upsert_schedule"), {
+                    "name": wf.name, "workflow": wf.name, "cron": wf.schedule.expression,
+                    "timezone": wf.schedule.timezone, "input": dumps({}, what="input"), "queue": wf.queue,
+                    "next_fire_at": nxt}).fetchone()
+                conn.execute(q("upsert_cron_task"), {"name": wf.name, "queue": wf.queue,
+                                                     "due_at": row[0]})  # type: ignore[index]
+
+
+class Worker:
+    def __init__(self, queues: dict[str, int], settings: Settings | None = None,
+                 workflows: list[Workflow] | None = None) -> None:
+        self.settings = settings or Settings()
+        self.queues = queues
+        self.url = resolve_url(self.settings.db)
+        self.owner = f"{self.settings.worker.name}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.workflows = workflows if workflows is not None else REGISTRY.all()
+        slots = sum(queues.values())
+        size = self.settings.db.pool_size or slots + 3
+        self.pool = make_pool(self.url, self.settings.db, size=size, name="durable-worker")
+        self.slots = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="durable-slot")
+        self.free = dict(queues)
+        self.inflight: dict[int, Task] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.loop = asyncio.new_event_loop()
+        self._threads: list[threading.Thread] = []
+        self.executor = Executor(self.pool, self.settings, self.owner, self.loop)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        with connect(self.url, self.settings.db) as conn:
+            migrate(conn, self.settings.db.schema)
+            register_queues(conn, list(self.queues))
+            register_all(conn, self.workflows)
+            for wf in self.workflows:
+                for queue in [wf.queue, *(s.queue for s in wf.graph.steps.values() if s.queue)]:
+                    if queue not in self.queues:
+                        log.warning("workflow uses a queue this worker does not serve",
+                                    extra={"workflow": wf.name, "queue": queue})
+        metrics.serve(self.settings.worker.metrics_port)
+
+    def start(self) -> None:
+        """Prepare and start background threads; ``run_forever`` or ``stop`` afterwards."""
+        self.prepare()
+        for target, name in ((self.loop.run_forever, "durable-loop"), (self._listen, "durable-listen"),
+                             (self._renew, "durable-renew"), (self._dispatch, "durable-dispatch")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        log.info("worker started", extra={"action": "worker_started", "queues": self.queues, "owner": self.owner,
+                                          "workflows": [w.name for w in self.workflows]})
+
+    def run_forever(self) -> None:
+        self.start()
+        try:
+            while not self._stop.wait(1.0):
+                pass
+        finally:
+            self.stop()
+
+    def stop(self, grace: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self.slots.shutdown(wait=True, cancel_futures=True)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.pool.close(timeout=grace)
+
+    # -- dispatch ---------------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        backoff = 0.01
+        last_gauges = 0.0
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                got = self._lease_round()
+                wait = 0.0 if got else self._until_next_due()
+                if time.monotonic() - last_gauges > 5:
+                    last_gauges = time.monotonic()
+                    self._update_gauges()
+                backoff = 0.01
+            except psycopg.OperationalError as exc:
+                log.warning("database unavailable; retrying", extra={"action": "db_error", "error": str(exc)})
+                wait, backoff = backoff, min(backoff * 2, 2.0)
+            if wait > 0:
+                self._wake.wait(wait)
+
+    def _lease_round(self) -> int:
+        got = 0
+        with self._lock:
+            wanted = {q_: n for q_, n in self.free.items() if n > 0}
+        if not wanted:
+            return 0
+        with self.pool.connection() as conn:
+            for queue, n in wanted.items():
+                with conn.transaction():
+                    rows = conn.execute(q("lease_tasks"), {"queue": queue, "limit": n, "owner": self.owner,
+                                                           "ttl": self.settings.worker.lease_seconds}).fetchall()
+                    started = [r[1] for r in rows if r[-1]]
+                    if started:
+                        conn.execute(q("notify_runs"), {"run_ids": started})
+                for row in rows:
+                    task = Task.from_lease_row(tuple(row))
+                    with self._lock:
+                        self.free[queue] -= 1
+                        self.inflight[task.id] = task
+                    metrics.TASKS_IN_FLIGHT.labels(queue).inc()
+                    self.slots.submit(self._slot, task)
+                got += len(rows)
+        return got
+
+    def _until_next_due(self) -> float:
+        with self._lock:
+            if not any(n > 0 for n in self.free.values()):
+                return self.settings.worker.poll_max_ms / 1000
+        with self.pool.connection() as conn:
+            row = conn.execute(q("next_due"), {"queues": list(self.queues)}).fetchone()
+        poll = self.settings.worker.poll_max_ms / 1000
+        if row is None or row[0] is None:
+            return poll
+        # Small floor: a due task we could not lease (locked by a peer) must not make us spin.
+        return max(0.005, min(float(row[0]), poll))
+
+    def _slot(self, task: Task) -> None:
+        queue = task.queue
+        current: Task | None = task
+        try:
+            while current is not None and not self._stop.is_set():
+                with self._lock:
+                    self.inflight[current.id] = current
+                try:
+                    nxt = self._with_db_retry(lambda t=current: self.executor.run(t))  # type: ignore[misc]
+                except Exception:
+                    log.exception("task crashed", extra={"run_id": current.run_id, "step": current.step})
+                    nxt = None
+                with self._lock:
+                    self.inflight.pop(current.id, None)
+                current = nxt
+        finally:
+            with self._lock:
+                self.free[queue] += 1
+            metrics.TASKS_IN_FLIGHT.labels(queue).dec()
+            self._wake.set()
+
+    def _with_db_retry(self, fn: Callable[[], T]) -> T:
+        """Retry on a lost connection: checkpoints are guarded by the lease token, so repeating one
+        after an unknown commit outcome can never record a result twice."""
+        delay = 0.05
+        deadline = time.monotonic() + self.settings.worker.lease_seconds
+        while True:
+            try:
+                return fn()
+            except psycopg.OperationalError as exc:
+                if time.monotonic() > deadline or self._stop.is_set():
+                    raise
+                log.warning("database unavailable during task; retrying", extra={"error": str(exc)})
+                time.sleep(delay + random.random() * delay)
+                delay = min(delay * 2, 2.0)
+
+    # -- background duties ------------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                with connect(self.url, self.settings.db) as conn:
+                    conn.execute("LISTEN durable_tasks")
+                    delay = 0.1
+                    self._wake.set()  # anything sent while we were not listening is picked up by a poll
+                    while not self._stop.is_set():
+                        for n in conn.notifies(timeout=1.0):
+                            if n.payload in self.queues:
+                                self._wake.set()
+            except psycopg.OperationalError:
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _renew(self) -> None:
+        interval = max(self.settings.worker.lease_seconds / 3, 0.5)
+        while not self._stop.wait(interval):
+            with self._lock:
+                tokens = [t.token for t in self.inflight.values()]
+            if not tokens:
+                continue
+            try:
+                with self.pool.connection() as conn:
+                    conn.execute(q("renew_leases"), {"tokens": tokens, "ttl": self.settings.worker.lease_seconds})
+            except psycopg.OperationalError as exc:
+                log.warning("could not renew leases", extra={"error": str(exc)})
+
+    def _update_gauges(self) -> None:
+        with self.pool.connection() as conn:
+            for queue, depth, oldest in conn.execute(q("queue_depths")).fetchall():
+                metrics.QUEUE_DEPTH.labels(queue).set(depth)
+                metrics.QUEUE_OLDEST.labels(queue).set(float(oldest))
+            for kind, n in conn.execute(q("active_waits")).fetchall():
+                metrics.ACTIVE_WAITS.labels(kind).set(n)
+
+
+__all__ = ["UnknownQueue", "Worker", "parse_queues", "register_all"]
