@@ -44,7 +44,12 @@ class Cron:
 
 
 def next_tick(expression: str, timezone: str, moment: datetime) -> datetime:
+    """Ticks follow wall-clock time in ``timezone``. A tick in the hour skipped by a spring-forward
+    fires at the first valid instant after it; a wall-clock time repeated by a fall-back fires once."""
     tz = zone(timezone)
     local = moment.astimezone(tz)
-    nxt = croniter(expression, local).get_next(datetime)
+    it = croniter(expression, local)
+    nxt: datetime = it.get_next(datetime)
+    while nxt.replace(tzinfo=None) == local.replace(tzinfo=None):
+        nxt = it.get_next(datetime)
     return nxt.astimezone(UTC)
