@@ -21,7 +21,7 @@ def validate(input: dict[str, Any]) -> dict[str, Any]:
 
 @orders.step
 def calculate_total(ctx: Any) -> Any:
-    return assign(ctx, "total", sum(item["price"] for item in ctx.items))
+    return assign(ctx, "total", sum(item["price"] for item in ctx["items"]))
 
 
 @orders.step(retry=Retry(max_attempts=3, backoff="exponential", base=seconds(0.2)))

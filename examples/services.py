@@ -16,7 +16,7 @@ calls: list[tuple[str, Any]] = []
 
 def _call(name: str, *args: Any) -> None:
     calls.append((name, args))
-    log.info("service call", extra={"service": name, "args": repr(args)[:200]})
+    log.info("service call", extra={"service": name, "call_args": repr(args)[:200]})
 
 
 class PaymentDeclined(Exception):

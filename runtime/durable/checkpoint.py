@@ -19,7 +19,7 @@ from .tasks import Task
 from .waits import WaitRequest
 
 
-class LeaseLost(Exception):  # noqa: N818 - internal signal
+class LeaseLost(Exception):
     """The task was taken by someone else (lease expired, run cancelled or timed out)."""
 
 
@@ -180,7 +180,10 @@ def suspend(conn: Conn, task: Task, *, step: str, request: WaitRequest, queue: s
 def _satisfy(conn: Conn, run: tuple[Any, ...], task: Task, step: str, request: WaitRequest,
              received: dict[str, Any], child_id: Any, queue: str, max_bytes: int) -> None:
     run_id = str(task.run_id)
-    key = {"run_id": run_id, "step": step, "idx": request.idx, "queue": queue}
+
+    def resolve(status: str, value_json: str | None, received_json: str | None = None) -> None:
+        resolve_wait(conn, run_id, step, request.idx, status=status, value_json=value_json, queue=queue,
+                     received_json=received_json)
     if request.kind in ("child", "child_start") and child_id is None:
         child = request.child or {}
         input_json = dumps(child.get("input"), what="child input", limit=max_bytes)
@@ -189,10 +192,10 @@ def _satisfy(conn: Conn, run: tuple[Any, ...], task: Task, step: str, request: W
                            parent=(run_id, step, request.idx))
         conn.execute(q("set_wait_child"), {"child_id": cid, "run_id": run_id, "step": step, "idx": request.idx})
         if request.kind == "child_start":
-            resolve_wait(conn, status="resolved", value_json=dumps(cid, what="child"), **key)
+            resolve("resolved", dumps(cid, what="child"))
         return
     if request.kind == "sleep" and request.until is not None and request.until <= _now(conn):
-        resolve_wait(conn, status="timed_out", value_json=None, **key)
+        resolve("timed_out", None)
         return
     mail_kind = {"event": "event", "any": "event", "all": "event", "input": "input", "approval": "input"}
     if request.kind not in mail_kind:
@@ -207,15 +210,14 @@ def _satisfy(conn: Conn, run: tuple[Any, ...], task: Task, step: str, request: W
                 got[name] = mail[1]
         if got != received:
             done = all(n in got for n in request.names)
-            resolve_wait(conn, status="resolved" if done else "open",
-                         value_json=dumps(got, what="payload") if done else None,
-                         received_json=dumps(got, what="payload"), **key)
+            resolve("resolved" if done else "open", dumps(got, what="payload") if done else None,
+                    dumps(got, what="payload"))
         return
     mail = conn.execute(q("take_mail"), {"run_id": run_id, "kind": mail_kind[request.kind],
                                          "names": request.names}).fetchone()
     if mail:
         value = [mail[0], mail[1]] if request.kind == "any" else mail[1]
-        resolve_wait(conn, status="resolved", value_json=dumps(value, what="payload"), **key)
+        resolve("resolved", dumps(value, what="payload"))
 
 
 def _now(conn: Conn) -> datetime:

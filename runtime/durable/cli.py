@@ -302,7 +302,7 @@ def run() -> None:
     try:
         main(standalone_mode=True)
     except DurableError as exc:
-        console.print(f"[red]error[/]: {exc}")
+        click.echo(f"error: {exc}", err=True)
         sys.exit(2)
 
 

@@ -7,9 +7,10 @@ the async one runs the same code on a thread.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import threading
-import uuid
 import time
+import uuid
 from collections import defaultdict
 from datetime import datetime
 from typing import Any
@@ -190,9 +191,9 @@ class Client:
         row = conn.execute(q("get_execution_brief"), {"run_id": run_id}).fetchone()
         if row is None:
             self._row(conn, run_id)
-        return str(row[2])  # type: ignore[index]
+        return str(row[2])
 
-    def schedules(self) -> list[dict[str, Any]]:
+    def schedules(self) -> builtins.list[dict[str, Any]]:
         with self._pool.connection() as conn:
             rows = conn.execute(q("list_schedules")).fetchall()
         keys = ("name", "workflow", "cron", "timezone", "queue", "next_fire_at", "last_fire_at")

@@ -7,8 +7,10 @@ The store, the migrator, the worker and the client all get their connections her
 from __future__ import annotations
 
 import re
+import warnings
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -34,12 +36,20 @@ def q(name: str) -> str:
 def embedded_url(data_dir: str) -> str:
     """Start (or reuse) the embedded PostgreSQL under ``data_dir`` and return its URL."""
     try:
-        import pgserver
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); the fallback is fine.
+            warnings.simplefilter("ignore")
+            import pgserver
     except ImportError:
         raise RuntimeError(
             "DURABLE_DATABASE_URL is not set and the embedded PostgreSQL is not installed; "
             "pip install 'durable[embedded]' or set DURABLE_DATABASE_URL") from None
-    server = pgserver.get_server(data_dir, cleanup_mode=None)
+    path = Path(data_dir).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # cleanup_mode=None: the server outlives this process, so `durable dev`, the CLI and workers share it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        server = pgserver.get_server(path, cleanup_mode=None)  # type: ignore[attr-defined]
     return str(server.get_uri())
 
 

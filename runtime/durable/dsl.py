@@ -10,7 +10,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any
 
 from .errors import DefinitionError
 from .retry import NO_RETRY, Retry
@@ -86,13 +86,6 @@ class _StepCollector:
     def __init__(self, workflow: Workflow, sink: list[StepDef]) -> None:
         self._wf = workflow
         self._sink = sink
-
-    @overload
-    def step(self, fn: StepFn, /) -> StepFn: ...
-    @overload
-    def step(self, *, name: str | None = None, retry: Retry | None = None,
-             timeout: Duration | None = None, compensate: str | None = None,
-             queue: str | None = None) -> Callable[[StepFn], StepFn]: ...
 
     def step(self, fn: StepFn | None = None, /, *, name: str | None = None, retry: Retry | None = None,
              timeout: Duration | None = None, compensate: str | None = None,
@@ -256,6 +249,9 @@ class Registry:
 
     def get(self, name: str) -> Workflow | None:
         return self._workflows.get(name)
+
+    def remove(self, name: str) -> None:
+        self._workflows.pop(name, None)
 
     def all(self) -> list[Workflow]:
         return list(self._workflows.values())

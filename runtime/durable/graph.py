@@ -135,6 +135,6 @@ def _definition_hash(wf: Workflow) -> str:
                     h.update(f"/{c.label}/{s.name}".encode() + _source(s.fn).encode())
             for s in n.default or []:
                 h.update(f"/default/{s.name}".encode() + _source(s.fn).encode())
-    for name, c in sorted(wf.compensations.items()):
-        h.update(f"|comp:{name}".encode() + _source(c.fn).encode())
+    for name, comp in sorted(wf.compensations.items()):
+        h.update(f"|comp:{name}".encode() + _source(comp.fn).encode())
     return h.hexdigest()

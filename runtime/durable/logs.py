@@ -23,7 +23,8 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         extra = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _STD and not k.startswith("_"))
-        base = f"{datetime.fromtimestamp(record.created).strftime('%H:%M:%S')} {record.levelname:<7} {record.getMessage()}"
+        stamp = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        base = f"{stamp} {record.levelname:<7} {record.getMessage()}"
         text = f"{base} {extra}" if extra else base
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)

@@ -34,14 +34,14 @@ class Retry:
             object.__setattr__(self, "retry_on", (self.retry_on,))
 
     def delay(self, attempt: int, rand: random.Random | None = None) -> int:
-        base = int(self.base)
+        base = to_ms(self.base)
         if self.backoff == "constant":
             ms = base
         elif self.backoff == "linear":
             ms = base * attempt
         else:
             ms = base * 2 ** (attempt - 1)
-        ms = min(ms, int(self.max_delay))
+        ms = min(ms, to_ms(self.max_delay))
         if self.jitter:
             ms = int(ms * (rand or random).uniform(0.5, 1.0))
         return ms

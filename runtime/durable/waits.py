@@ -52,7 +52,7 @@ class StepRuntime:
     counter: int = 0
 
 
-class Suspend(BaseException):  # noqa: N818 - a control-flow signal, not an error
+class Suspend(BaseException):
     def __init__(self, request: WaitRequest) -> None:
         super().__init__(request.kind, request.names)
         self.request = request

@@ -128,6 +128,9 @@ class Worker:
     def stop(self, grace: float = 10.0) -> None:
         self._stop.set()
         self._wake.set()
+        for t in self._threads:
+            if t.name == "durable-dispatch":
+                t.join(grace)  # no new task may be handed to the slots once they shut down
         self.slots.shutdown(wait=True, cancel_futures=True)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.pool.close(timeout=grace)

@@ -42,7 +42,7 @@ def _counts(url: str, schema: str) -> tuple[int, int]:
 
 def test_refusals_store_nothing(client: Client, database_url: str, schema: str) -> None:
     before = _counts(database_url, schema)
-    with pytest.raises(WorkflowNotFound, match="unknown workflow 'nope'.*registered workflows: .*t_bad_input"):
+    with pytest.raises(WorkflowNotFound, match=r"unknown workflow 'nope'.*registered workflows: .*t_bad_input"):
         client.start("nope", {})
     with pytest.raises(InvalidInput, match=r"input\['items'\]\[1\]\['at'\]: datetime is not JSON-serialisable"):
         client.start("t_bad_input", {"items": [1, {"at": datetime.now(UTC)}]})
@@ -50,7 +50,7 @@ def test_refusals_store_nothing(client: Client, database_url: str, schema: str) 
         client.start("t_bad_input", {"x": float("nan")})
     with pytest.raises(InvalidInput, match=r"key 1 is a int"):
         client.start("t_bad_input", {1: "a"})
-    with pytest.raises(UnknownQueue, match="unknown queue 'ghost'; known queues: .*default"):
+    with pytest.raises(UnknownQueue, match=r"unknown queue 'ghost'; known queues: .*default"):
         client.start("t_bad_input", {}, queue="ghost")
     assert _counts(database_url, schema) == before
 

@@ -42,5 +42,5 @@ def test_schedule_ticks_survive_worker_restart(database_url: str) -> None:
         assert len(ticks) == len(set(ticks)), "a tick fired twice"
         assert ticks == list(range(ticks[0], ticks[0] + len(ticks))), f"a tick was skipped: {ticks}"
     finally:
-        REGISTRY._workflows.pop("t_every_second", None)
+        REGISTRY.remove("t_every_second")
         drop_schema(database_url, schema)

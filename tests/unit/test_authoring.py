@@ -11,6 +11,7 @@ import pytest
 
 import durable
 from durable import Context, Retry, Workflow, append, assign, days, hours, increment, minutes, seconds, update
+from durable.dsl import REGISTRY
 from durable.errors import DefinitionError, InvalidInput
 from durable.jsonutil import dumps
 from durable.schedule import next_tick
@@ -85,6 +86,7 @@ def test_definition_errors() -> None:
         wf.step(name="a")(lambda ctx: ctx)
 
     bad = Workflow("unit_bad_comp")
+    REGISTRY.remove("unit_bad_comp")  # a malformed definition must not reach other tests' workers
     bad.step(compensate="ghost")(lambda ctx: ctx)
     with pytest.raises(DefinitionError, match="names compensation 'ghost'"):
         _ = bad.graph
