@@ -4,6 +4,7 @@ a fresh schema per test module, and an in-process worker serving it."""
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,16 +15,17 @@ from durable.worker import Worker
 from tests.support import drop_schema, new_schema, settings_for
 
 
-def _embedded(base: Path) -> str:
+def _embedded() -> str:
     import pgserver
 
-    return str(pgserver.get_server(base, cleanup_mode="stop").get_uri())
+    # Not under pytest's basetemp: concurrent pytest sessions prune each other's old basetemps.
+    base = Path(tempfile.mkdtemp(prefix="durable-test-pg-"))
+    return str(pgserver.get_server(base, cleanup_mode="delete").get_uri())
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = os.environ.get("DURABLE_TEST_DATABASE_URL")
-    return url or _embedded(tmp_path_factory.mktemp("pg"))
+def database_url() -> str:
+    return os.environ.get("DURABLE_TEST_DATABASE_URL") or _embedded()
 
 
 @pytest.fixture(scope="module")

@@ -75,6 +75,13 @@ class _RunWatcher:
         self._stop.set()
 
 
+def _check_id(run_id: str) -> None:
+    try:
+        uuid.UUID(str(run_id))
+    except ValueError:
+        raise RunNotFound(f"{run_id!r} is not a run id (a UUID)") from None
+
+
 class Client:
     """Synchronous client. ``database_url`` defaults to ``DURABLE_DATABASE_URL`` (or the embedded server)."""
 
@@ -91,6 +98,7 @@ class Client:
         self._pool = make_pool(self.url, db, size=pool_size, name="durable-client")
         self._watcher: _RunWatcher | None = None
         self._registered: set[str] = set()
+        self._definitions = store.DefinitionCache()
         self._lock = threading.Lock()
 
     def __enter__(self) -> Client:
@@ -121,29 +129,26 @@ class Client:
         input_json = dumps(input, what="input", limit=self.settings.limits.max_context_bytes)
         with self._pool.connection() as conn:
             self._register_local(conn, workflow)
-            with conn.transaction():
+            with conn.pipeline(), conn.transaction():
                 run_id, created = store.start_run(conn, workflow, input_json, queue=queue, scheduled_at=scheduled_at,
-                                                  idempotency_key=idempotency_key, priority=priority)
+                                                  idempotency_key=idempotency_key, priority=priority,
+                                                  cache=self._definitions)
         if created:
             metrics.RUNS_STARTED.labels(workflow).inc()
         return run_id
 
     def get(self, run_id: str) -> Run:
-        with self._pool.connection() as conn:
-            row = self._row(conn, run_id)
-            steps = conn.execute(q("run_steps"), {"run_id": run_id}).fetchall()
-            waits = conn.execute(q("run_waits"), {"run_id": run_id}).fetchall()
-        return Run.from_row(tuple(row), [tuple(s) for s in steps], [tuple(w) for w in waits])
-
-    def _row(self, conn: Any, run_id: str) -> tuple[Any, ...]:
-        try:
-            uuid.UUID(str(run_id))
-        except ValueError:
-            raise RunNotFound(f"{run_id!r} is not a run id (a UUID)") from None
-        row = conn.execute(q("get_execution"), {"run_id": run_id}).fetchone()
+        _check_id(run_id)
+        with self._pool.connection() as conn, conn.pipeline():
+            cur_run = conn.execute(q("get_execution"), {"run_id": run_id})
+            cur_steps = conn.execute(q("run_steps"), {"run_id": run_id})
+            cur_waits = conn.execute(q("run_waits"), {"run_id": run_id})
+            row = cur_run.fetchone()
+            steps, waits = cur_steps.fetchall(), cur_waits.fetchall()
         if row is None:
             raise RunNotFound(f"no run with id {run_id}")
-        return tuple(row)
+        return Run.from_row(tuple(row), [tuple(s) for s in steps], [tuple(w) for w in waits])
+
 
     def list(self, workflow: str | None = None, status: str | None = None, limit: int = 100) -> list[Run]:
         if status is not None:
@@ -188,9 +193,10 @@ class Client:
             self._watcher.unsubscribe(run_id, ev)
 
     def _status(self, conn: Any, run_id: str) -> str:
+        _check_id(run_id)
         row = conn.execute(q("get_execution_brief"), {"run_id": run_id}).fetchone()
         if row is None:
-            self._row(conn, run_id)
+            raise RunNotFound(f"no run with id {run_id}")
         return str(row[2])
 
     def schedules(self) -> builtins.list[dict[str, Any]]:

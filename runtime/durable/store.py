@@ -6,6 +6,7 @@ checkpoint can combine several of them into its one transaction.
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,29 +37,52 @@ def register_queues(conn: Conn, names: list[str]) -> None:
     conn.execute(q("upsert_queues"), {"names": sorted(set(names))})
 
 
+class DefinitionCache:
+    """Positive lookups of workflows and queues, kept briefly: starting a run then costs one round
+    trip. Misses always go to the database, so an unknown name is never accepted from the cache."""
+
+    def __init__(self, ttl: float = 5.0) -> None:
+        self.ttl = ttl
+        self._workflows: dict[str, tuple[float, tuple[Any, ...]]] = {}
+        self._queues: dict[str, float] = {}
+
+    def workflow(self, conn: Conn, name: str) -> tuple[Any, ...]:
+        hit = self._workflows.get(name)
+        if hit and time.monotonic() - hit[0] < self.ttl:
+            return hit[1]
+        row = conn.execute(q("get_workflow"), {"name": name}).fetchone()
+        if row is None:
+            known = [r[0] for r in conn.execute(q("list_workflow_names")).fetchall()]
+            raise WorkflowNotFound(
+                f"unknown workflow {name!r}; registered workflows: {', '.join(known) or '(none)'} "
+                "(a worker registers the workflows of its --app modules when it starts)")
+        self._workflows[name] = (time.monotonic(), tuple(row))
+        return tuple(row)
+
+    def check_queue(self, conn: Conn, name: str) -> None:
+        seen = self._queues.get(name)
+        if seen and time.monotonic() - seen < self.ttl:
+            return
+        if not conn.execute(q("queue_exists"), {"name": name}).fetchone()[0]:  # type: ignore[index]
+            known = [r[0] for r in conn.execute(q("list_queue_names")).fetchall()]
+            raise UnknownQueue(f"unknown queue {name!r}; known queues: {', '.join(known)}")
+        self._queues[name] = time.monotonic()
+
+
 def start_run(conn: Conn, workflow: str, input_json: str, *, queue: str | None = None,
               scheduled_at: datetime | None = None, idempotency_key: str | None = None, priority: int = 0,
-              parent: tuple[str, str, int] | None = None) -> tuple[str, bool]:
-    """Create a run (or return the existing one for ``idempotency_key``). Returns ``(run_id, created)``."""
-    row = conn.execute(q("get_workflow"), {"name": workflow}).fetchone()
-    if row is None:
-        known = [r[0] for r in conn.execute(q("list_workflow_names")).fetchall()]
-        raise WorkflowNotFound(
-            f"unknown workflow {workflow!r}; registered workflows: {', '.join(known) or '(none)'} "
-            "(a worker registers the workflows of its --app modules when it starts)")
-    _, hash_, first_step, graph = row
+              parent: tuple[str, str, int] | None = None, cache: DefinitionCache | None = None) -> tuple[str, bool]:
+    """Create a run (or return the existing one for ``idempotency_key``). Returns ``(run_id, created)``.
+
+    Call inside a transaction."""
+    cache = cache or DefinitionCache(ttl=0)
+    _, hash_, first_step, graph = cache.workflow(conn, workflow)
     queue = queue or graph.get("queue") or "default"
-    if not conn.execute(q("queue_exists"), {"name": queue}).fetchone()[0]:  # type: ignore[index]
-        known = [r[0] for r in conn.execute(q("list_queue_names")).fetchall()]
-        raise UnknownQueue(f"unknown queue {queue!r}; known queues: {', '.join(known)}")
+    cache.check_queue(conn, queue)
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise InvalidInput(f"priority must be an integer, got {priority!r}")
     if scheduled_at is not None and scheduled_at.tzinfo is None:
         scheduled_at = scheduled_at.replace(tzinfo=UTC)
-    if idempotency_key is not None:
-        existing = conn.execute(q("execution_by_key"), {"key": idempotency_key}).fetchone()
-        if existing:
-            return str(existing[0]), False
     timeout_ms = graph.get("timeout_ms")
     base = scheduled_at or datetime.now(UTC)
     deadline = base + timedelta(milliseconds=timeout_ms) if timeout_ms else None
@@ -68,8 +92,10 @@ def start_run(conn: Conn, workflow: str, input_json: str, *, queue: str | None =
         "input": input_json, "first_step": first_step, "idempotency_key": idempotency_key,
         "parent_id": parent[0] if parent else None, "parent_step": parent[1] if parent else None,
         "parent_wait_idx": parent[2] if parent else None, "scheduled_at": scheduled_at, "deadline": deadline,
-    }).fetchone()
-    if inserted is None:  # lost a race on the idempotency key
+    })
+    # Without a key the insert cannot conflict, so we need not wait for its answer (pipelined callers
+    # send everything in one round trip).
+    if idempotency_key is not None and inserted.fetchone() is None:
         existing = conn.execute(q("execution_by_key"), {"key": idempotency_key}).fetchone()
         return str(existing[0]), False  # type: ignore[index]
     conn.execute(q("insert_task"), {"run_id": run_id, "kind": "step", "step": first_step, "queue": queue,

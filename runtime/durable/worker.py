@@ -163,12 +163,8 @@ class Worker:
             return 0
         with self.pool.connection() as conn:
             for queue, n in wanted.items():
-                with conn.transaction():
-                    rows = conn.execute(q("lease_tasks"), {"queue": queue, "limit": n, "owner": self.owner,
-                                                           "ttl": self.settings.worker.lease_seconds}).fetchall()
-                    started = [r[1] for r in rows if r[-1]]
-                    if started:
-                        conn.execute(q("notify_runs"), {"run_ids": started})
+                rows = conn.execute(q("lease_tasks"), {"queue": queue, "limit": n, "owner": self.owner,
+                                                       "ttl": self.settings.worker.lease_seconds}).fetchall()
                 for row in rows:
                     task = Task.from_lease_row(tuple(row))
                     with self._lock:

@@ -76,11 +76,9 @@ WITH picked AS (
 )
 SELECT l.id, l.run_id, l.kind, l.step, l.schedule_name, l.queue, l.priority, l.attempt, l.lease_token,
        e.workflow, e.queue, e.status, e.context, e.deadline,
-       (SELECT count(*) FROM started s WHERE s.id = l.run_id) > 0 AS started
+       -- one statement, so one round trip: the notification for a run that starts is sent from here
+       (SELECT count(pg_notify('durable_runs', s.id::text)) FROM started s WHERE s.id = l.run_id) > 0 AS started
 FROM leased l LEFT JOIN executions e ON e.id = l.run_id;
-
--- name: notify_runs
-SELECT pg_notify('durable_runs', r::text) FROM unnest(%(run_ids)s::uuid[]) r;
 
 -- name: journal
 SELECT idx, kind, names, status, value, until, has_timeout_value, timeout_value
