@@ -163,13 +163,16 @@ class Client:
         with self._pool.connection() as conn, conn.transaction():
             return store.cancel_run(conn, run_id, reason)
 
-    def send_event(self, run_id: str, name: str, payload: Any = None) -> str:
+    def send_event(self, run_id: str, name: str, payload: Any = None, *, delivery_id: str | None = None) -> str:
+        """Send event ``name``; returns ``"delivered"`` (a wait took it) or ``"queued"`` (kept for a
+        later wait). A repeated ``delivery_id`` for the same run is a no-op returning the first outcome."""
         with self._pool.connection() as conn, conn.transaction():
-            return store.deliver(conn, run_id, "event", name, payload)
+            return store.deliver(conn, run_id, "event", name, payload, delivery_id)
 
-    def provide_input(self, run_id: str, name: str, data: Any = None) -> str:
+    def provide_input(self, run_id: str, name: str, data: Any = None, *, delivery_id: str | None = None) -> str:
+        """Provide input ``name`` (also answers ``wait_for_approval``); see :meth:`send_event`."""
         with self._pool.connection() as conn, conn.transaction():
-            return store.deliver(conn, run_id, "input", name, data)
+            return store.deliver(conn, run_id, "input", name, data, delivery_id)
 
     def wait(self, run_id: str, timeout: float | None = None) -> Run:
         """Block until the run finishes; raises ``RunTimeout`` after ``timeout`` seconds."""
@@ -233,11 +236,12 @@ class AsyncClient:
     async def cancel(self, run_id: str, reason: str | None = None) -> bool:
         return await asyncio.to_thread(self._client.cancel, run_id, reason)
 
-    async def send_event(self, run_id: str, name: str, payload: Any = None) -> str:
-        return await asyncio.to_thread(self._client.send_event, run_id, name, payload)
+    async def send_event(self, run_id: str, name: str, payload: Any = None, *, delivery_id: str | None = None) -> str:
+        return await asyncio.to_thread(self._client.send_event, run_id, name, payload, delivery_id=delivery_id)
 
-    async def provide_input(self, run_id: str, name: str, data: Any = None) -> str:
-        return await asyncio.to_thread(self._client.provide_input, run_id, name, data)
+    async def provide_input(self, run_id: str, name: str, data: Any = None, *,
+                            delivery_id: str | None = None) -> str:
+        return await asyncio.to_thread(self._client.provide_input, run_id, name, data, delivery_id=delivery_id)
 
     async def wait(self, run_id: str, timeout: float | None = None) -> Run:
         return await asyncio.to_thread(self._client.wait, run_id, timeout)

@@ -157,16 +157,28 @@ def resolve_wait(conn: Conn, run_id: str, step: str, idx: int, *, status: str, v
     return True
 
 
-def deliver(conn: Conn, run_id: str, kind: str, name: str, payload: Any) -> str:
+def deliver(conn: Conn, run_id: str, kind: str, name: str, payload: Any, delivery_id: str | None = None) -> str:
     """Deliver an event or input: resolve a matching open wait, or keep it in the mailbox.
 
-    Returns ``"delivered"`` or ``"queued"``. Runs under the run's row lock so a wait being
-    created concurrently cannot miss it.
+    Returns ``"delivered"`` or ``"queued"`` (or, for a ``delivery_id`` seen before, the outcome it
+    had then). Runs under the run's row lock so a wait being created concurrently cannot miss it.
     """
     if not isinstance(name, str) or not name:
         raise InvalidInput(f"{kind} name must be a non-empty string, got {name!r}")
     payload_json = dumps(payload, what=f"{kind} {name!r} payload")
     _, workflow, status, *_ = lock_run(conn, run_id)
+    if delivery_id is not None:
+        key = {"run_id": run_id, "delivery_id": delivery_id}
+        if conn.execute(q("claim_delivery"), key).fetchone() is None:
+            return str(conn.execute(q("delivery_outcome"), key).fetchone()[0])  # type: ignore[index]
+        outcome = _deliver(conn, run_id, workflow, status, kind, name, payload, payload_json)
+        conn.execute(q("set_delivery_outcome"), {**key, "outcome": outcome})
+        return outcome
+    return _deliver(conn, run_id, workflow, status, kind, name, payload, payload_json)
+
+
+def _deliver(conn: Conn, run_id: str, workflow: str, status: str, kind: str, name: str, payload: Any,
+             payload_json: str) -> str:
     if status in TERMINAL:
         raise RunNotActive(f"run {run_id} ({workflow}) has already ended {status}; {kind} {name!r} not delivered")
     kinds = EVENT_KINDS if kind == "event" else INPUT_KINDS

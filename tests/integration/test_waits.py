@@ -277,3 +277,37 @@ slow_solo = Workflow("t_slow_solo")
 def hold(ctx: Any) -> Any:
     time.sleep(0.4)
     return ctx
+
+
+def test_delivery_id_makes_delivery_idempotent(client: Client) -> None:
+    run_id = client.start("t_multi_wait", {})
+    wait_until(lambda: client.get(run_id).status == "waiting", what="waiting")
+    assert client.send_event(run_id, "a", 1, delivery_id="evt-1") == "delivered"
+    # A retried delivery (same id) changes nothing: the next wait (wait_for_all x, y) stays open.
+    first = client.send_event(run_id, "x", "first", delivery_id="evt-2")
+    assert client.send_event(run_id, "x", "again", delivery_id="evt-2") == first
+    wait_until(lambda: len(client.get(run_id).waits) == 2, what="second wait")
+    client.send_event(run_id, "y", "Y", delivery_id="evt-3")
+    wait_until(lambda: len(client.get(run_id).waits) == 3, what="approval wait")
+    client.provide_input(run_id, "boss", "approved", delivery_id="in-1")
+    assert client.provide_input(run_id, "boss", "approved", delivery_id="in-1") == "delivered"
+    run = client.wait(run_id, timeout=10)
+    assert run.result["all"] == {"x": "first", "y": "Y"}
+
+
+two_ticks = Workflow("t_two_ticks")
+
+
+@two_ticks.step
+def tick_twice(ctx: Any) -> Any:
+    return assign(ctx, ticks=[wait_for_event("tick"), wait_for_event("tick")])
+
+
+def test_repeated_delivery_id_is_not_a_second_event(client: Client) -> None:
+    run_id = client.start("t_two_ticks", {})
+    for _ in range(3):
+        client.send_event(run_id, "tick", 1, delivery_id="tick-1")
+    time.sleep(0.3)
+    assert client.get(run_id).status == "waiting"  # still waiting for the second, distinct tick
+    client.send_event(run_id, "tick", 2, delivery_id="tick-2")
+    assert client.wait(run_id, timeout=10).result["ticks"] == [1, 2]

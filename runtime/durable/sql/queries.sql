@@ -297,3 +297,13 @@ UPDATE tasks SET step = %(step)s WHERE id = %(task_id)s AND lease_token = %(toke
 
 -- name: run_context
 SELECT context FROM executions WHERE id = %(run_id)s;
+
+-- name: claim_delivery
+INSERT INTO deliveries (run_id, delivery_id, outcome) VALUES (%(run_id)s, %(delivery_id)s, 'pending')
+ON CONFLICT DO NOTHING RETURNING delivery_id;
+
+-- name: delivery_outcome
+SELECT outcome FROM deliveries WHERE run_id = %(run_id)s AND delivery_id = %(delivery_id)s;
+
+-- name: set_delivery_outcome
+UPDATE deliveries SET outcome = %(outcome)s WHERE run_id = %(run_id)s AND delivery_id = %(delivery_id)s;
