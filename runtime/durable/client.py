@@ -28,7 +28,8 @@ from .settings import DatabaseSettings, Settings
 
 
 class _RunWatcher:
-    """One LISTEN connection per client, fanning ``durable_runs`` notifications out to waiters."""
+    """One LISTEN connection per client, fanning ``durable_finished`` notifications (sent when a run
+    reaches a terminal status) out to waiters."""
 
     def __init__(self, url: str, settings: DatabaseSettings) -> None:
         self._url = url
@@ -59,7 +60,7 @@ class _RunWatcher:
         while not self._stop.is_set():
             try:
                 with connect(self._url, self._settings) as conn:
-                    conn.execute("LISTEN durable_runs")
+                    conn.execute("LISTEN durable_finished")
                     self._ready.set()
                     while not self._stop.is_set():
                         for n in conn.notifies(timeout=0.5):

@@ -130,6 +130,8 @@ def finish_run(conn: Conn, run_id: str, status: str, *, result_json: str | None 
     conn.execute(q("clear_run_waits"), {"run_id": run_id})
     conn.execute(q("clear_mailbox"), {"run_id": run_id})
     conn.execute(q("notify_run"), {"run_id": run_id})
+    # Only terminal transitions, so Client.wait wakes once per run rather than once per step.
+    conn.execute(q("notify_finished"), {"run_id": run_id})
     if row is not None and row[0] is not None:
         _resolve_parent(conn, run_id, status, result_json, error)
 

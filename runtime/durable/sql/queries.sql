@@ -53,6 +53,9 @@ SELECT pg_notify('durable_tasks', %(queue)s);
 -- name: notify_run
 SELECT pg_notify('durable_runs', %(run_id)s::text);
 
+-- name: notify_finished
+SELECT pg_notify('durable_finished', %(run_id)s::text);
+
 -- name: lease_tasks
 WITH picked AS (
     SELECT id FROM tasks
@@ -307,3 +310,11 @@ SELECT outcome FROM deliveries WHERE run_id = %(run_id)s AND delivery_id = %(del
 
 -- name: set_delivery_outcome
 UPDATE deliveries SET outcome = %(outcome)s WHERE run_id = %(run_id)s AND delivery_id = %(delivery_id)s;
+
+-- name: advance_v1
+SELECT durable_advance_v1(%(task_id)s, %(token)s, %(run_id)s, %(step)s, %(attempt)s, %(context)s::jsonb,
+                          %(worker)s, %(started_at)s, %(next)s, %(next_queue)s, %(new_token)s, %(ttl)s);
+
+-- name: succeed_v1
+SELECT durable_succeed_v1(%(task_id)s, %(token)s, %(run_id)s, %(step)s, %(attempt)s, %(context)s::jsonb,
+                          %(worker)s, %(started_at)s);
