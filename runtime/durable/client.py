@@ -130,10 +130,9 @@ class Client:
         input_json = dumps(input, what="input", limit=self.settings.limits.max_context_bytes)
         with self._pool.connection() as conn:
             self._register_local(conn, workflow)
-            with conn.pipeline(), conn.transaction():
-                run_id, created = store.start_run(conn, workflow, input_json, queue=queue, scheduled_at=scheduled_at,
-                                                  idempotency_key=idempotency_key, priority=priority,
-                                                  cache=self._definitions)
+            run_id, created = store.start_run(conn, workflow, input_json, queue=queue, scheduled_at=scheduled_at,
+                                              idempotency_key=idempotency_key, priority=priority,
+                                              cache=self._definitions)
         if created:
             metrics.RUNS_STARTED.labels(workflow).inc()
         return run_id

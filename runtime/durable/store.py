@@ -74,7 +74,7 @@ def start_run(conn: Conn, workflow: str, input_json: str, *, queue: str | None =
               parent: tuple[str, str, int] | None = None, cache: DefinitionCache | None = None) -> tuple[str, bool]:
     """Create a run (or return the existing one for ``idempotency_key``). Returns ``(run_id, created)``.
 
-    Call inside a transaction."""
+    One round trip once the definition is cached; safe inside or outside a transaction."""
     cache = cache or DefinitionCache(ttl=0)
     _, hash_, first_step, graph = cache.workflow(conn, workflow)
     queue = queue or graph.get("queue") or "default"
@@ -86,26 +86,13 @@ def start_run(conn: Conn, workflow: str, input_json: str, *, queue: str | None =
     timeout_ms = graph.get("timeout_ms")
     base = scheduled_at or datetime.now(UTC)
     deadline = base + timedelta(milliseconds=timeout_ms) if timeout_ms else None
-    run_id = str(uuid.uuid4())
-    inserted = conn.execute(q("insert_execution"), {
-        "id": run_id, "workflow": workflow, "hash": hash_, "queue": queue, "priority": priority,
+    row = conn.execute(q("start_v1"), {
+        "id": str(uuid.uuid4()), "workflow": workflow, "hash": hash_, "queue": queue, "priority": priority,
         "input": input_json, "first_step": first_step, "idempotency_key": idempotency_key,
         "parent_id": parent[0] if parent else None, "parent_step": parent[1] if parent else None,
         "parent_wait_idx": parent[2] if parent else None, "scheduled_at": scheduled_at, "deadline": deadline,
-    })
-    # Without a key the insert cannot conflict, so we need not wait for its answer (pipelined callers
-    # send everything in one round trip).
-    if idempotency_key is not None and inserted.fetchone() is None:
-        existing = conn.execute(q("execution_by_key"), {"key": idempotency_key}).fetchone()
-        return str(existing[0]), False  # type: ignore[index]
-    conn.execute(q("insert_task"), {"run_id": run_id, "kind": "step", "step": first_step, "queue": queue,
-                                    "priority": priority, "due_at": scheduled_at})
-    if deadline is not None:
-        conn.execute(q("insert_task"), {"run_id": run_id, "kind": "deadline", "step": "", "queue": queue,
-                                        "priority": priority, "due_at": deadline})
-    conn.execute(q("notify_tasks"), {"queue": queue})
-    conn.execute(q("notify_run"), {"run_id": run_id})
-    return run_id, True
+    }).fetchone()
+    return str(row[0]), bool(row[1])  # type: ignore[index]
 
 
 def lock_run(conn: Conn, run_id: str) -> tuple[Any, ...]:

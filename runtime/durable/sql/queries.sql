@@ -22,17 +22,10 @@ SELECT EXISTS (SELECT 1 FROM queues WHERE name = %(name)s);
 -- name: list_queue_names
 SELECT name FROM queues ORDER BY name;
 
--- name: insert_execution
-INSERT INTO executions (id, workflow, definition_hash, status, queue, priority, input, context, current_step,
-                        idempotency_key, parent_id, parent_step, parent_wait_idx, scheduled_at, deadline)
-VALUES (%(id)s, %(workflow)s, %(hash)s, 'pending', %(queue)s, %(priority)s, %(input)s::jsonb, %(input)s::jsonb,
-        %(first_step)s, %(idempotency_key)s, %(parent_id)s, %(parent_step)s, %(parent_wait_idx)s,
-        %(scheduled_at)s, %(deadline)s)
-ON CONFLICT (idempotency_key) DO NOTHING
-RETURNING id;
-
--- name: execution_by_key
-SELECT id FROM executions WHERE idempotency_key = %(key)s;
+-- name: start_v1
+SELECT run_id, created FROM durable_start_v1(%(id)s, %(workflow)s, %(hash)s, %(queue)s, %(priority)s, %(input)s::jsonb,
+                                             %(first_step)s, %(idempotency_key)s, %(parent_id)s, %(parent_step)s,
+                                             %(parent_wait_idx)s, %(scheduled_at)s, %(deadline)s);
 
 -- name: insert_task
 INSERT INTO tasks (run_id, kind, step, queue, priority, due_at, attempt)

@@ -86,3 +86,34 @@ BEGIN
     RETURN true;
 END;
 $$;
+
+-- Create a run with its first task (and deadline timer) in one call. Returns the run id and
+-- whether it was created (false: an existing run already had p_key).
+CREATE FUNCTION durable_start_v1(p_id uuid, p_workflow text, p_hash text, p_queue text, p_priority integer,
+                                 p_input jsonb, p_first_step text, p_key text, p_parent_id uuid, p_parent_step text,
+                                 p_parent_wait_idx integer, p_scheduled_at timestamptz, p_deadline timestamptz,
+                                 OUT run_id uuid, OUT created boolean)
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO executions (id, workflow, definition_hash, status, queue, priority, input, context, current_step,
+                            idempotency_key, parent_id, parent_step, parent_wait_idx, scheduled_at, deadline)
+    VALUES (p_id, p_workflow, p_hash, 'pending', p_queue, p_priority, p_input, p_input, p_first_step, p_key,
+            p_parent_id, p_parent_step, p_parent_wait_idx, p_scheduled_at, p_deadline)
+    ON CONFLICT (idempotency_key) DO NOTHING;
+    IF NOT FOUND THEN
+        SELECT id INTO run_id FROM executions WHERE idempotency_key = p_key;
+        created := false;
+        RETURN;
+    END IF;
+    INSERT INTO tasks (run_id, kind, step, queue, priority, due_at)
+    VALUES (p_id, 'step', p_first_step, p_queue, p_priority, coalesce(p_scheduled_at, now()));
+    IF p_deadline IS NOT NULL THEN
+        INSERT INTO tasks (run_id, kind, step, queue, priority, due_at)
+        VALUES (p_id, 'deadline', '', p_queue, p_priority, p_deadline);
+    END IF;
+    PERFORM pg_notify('durable_tasks', p_queue);
+    PERFORM pg_notify('durable_runs', p_id::text);
+    run_id := p_id;
+    created := true;
+END;
+$$;
