@@ -57,15 +57,18 @@ build_kubernetes() {
 }
 
 build_helm() {
-  up_to_date helm "$HELM_VERSION" && return
+  # The stamp includes the Kubernetes version helm assumes for offline `helm template`.
+  local stamp_v="$HELM_VERSION-k8s$K8S_VERSION" kminor=${K8S_VERSION#1.}
+  kminor=${kminor%%.*}
+  up_to_date helm "$stamp_v" && return
   need_go
   log "building helm v$HELM_VERSION"
   local start=$SECONDS
   GOBIN="$WORK/helm" go install -trimpath \
-    -ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION" \
+    -ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$kminor" \
     "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"
   mv -f "$WORK/helm/helm" "$BIN_DIR/helm"
-  stamp helm "$HELM_VERSION"
+  stamp helm "$stamp_v"
   log "built helm in $((SECONDS - start))s"
 }
 
