@@ -182,16 +182,21 @@ class Client:
         ev = self._watcher.subscribe(run_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            while True:
-                ev.clear()
-                with self._pool.connection() as conn:
-                    status = self._status(conn, run_id)
-                if status in FINISHED:
-                    return self.get(run_id)
+            with self._pool.connection() as conn:
+                status = self._status(conn, run_id)
+            while status not in FINISHED:
                 remaining = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
                 if remaining <= 0:
                     raise RunTimeout(f"run {run_id} is still {status} after {timeout}s")
-                ev.wait(remaining)
+                if ev.wait(remaining):
+                    # Notified: the run has finished, so read it whole straight away.
+                    run = self.get(run_id)
+                    if run.finished:
+                        return run
+                ev.clear()
+                with self._pool.connection() as conn:
+                    status = self._status(conn, run_id)
+            return self.get(run_id)
         finally:
             self._watcher.unsubscribe(run_id, ev)
 

@@ -23,15 +23,15 @@ class Task:
     context: Any = None
     schedule_name: str | None = None
     deadline: datetime | None = None
-    # True when the checkpoint of the previous step leased this task to us: no journal can exist yet.
+    # True when no wait journal exists for this step yet (a step just entered), so none is loaded.
     fresh: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_lease_row(cls, row: tuple[Any, ...]) -> Task:
         (id_, run_id, kind, step, schedule_name, queue, priority, attempt, token,
-         workflow, run_queue, status, context, deadline, started) = row
+         workflow, run_queue, status, context, deadline, has_journal, started) = row
         return cls(id=id_, run_id=str(run_id) if run_id else None, kind=kind, step=step, queue=queue,
                    priority=priority, attempt=attempt, token=str(token), workflow=workflow,
                    run_queue=run_queue or queue, status="running" if started else status, context=context,
-                   schedule_name=schedule_name, deadline=deadline)
+                   schedule_name=schedule_name, deadline=deadline, fresh=not has_journal)

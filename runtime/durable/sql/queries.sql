@@ -72,6 +72,7 @@ WITH picked AS (
 )
 SELECT l.id, l.run_id, l.kind, l.step, l.schedule_name, l.queue, l.priority, l.attempt, l.lease_token,
        e.workflow, e.queue, e.status, e.context, e.deadline,
+       EXISTS (SELECT 1 FROM waits w WHERE w.run_id = l.run_id AND w.step = l.step) AS has_journal,
        -- one statement, so one round trip: the notification for a run that starts is sent from here
        (SELECT count(pg_notify('durable_runs', s.id::text)) FROM started s WHERE s.id = l.run_id) > 0 AS started
 FROM leased l LEFT JOIN executions e ON e.id = l.run_id;
