@@ -1,0 +1,135 @@
+"""Operator benchmark: apply N WorkflowRuns of a three-step workflow at once against a real API server.
+
+    python bench/bench_k8s.py --runs 1000
+
+Starts etcd + kube-apiserver (tests/k8s_harness.py), an embedded PostgreSQL, one worker process and
+one operator process (configured as the Helm chart configures them), applies N runs with one
+``kubectl apply``, and prints: time until all Succeeded, apply-to-Running latency p50/p95 (seen on a
+watch), status patches per run (operator metrics), and the operator's peak RSS. Targets (issue 3):
+p50 apply-to-Running < 1 s, <= phase changes + 1 status patches per run, operator memory < 300 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "k8s"))
+
+from durable import Workflow, assign  # noqa: E402
+
+three = Workflow("bench_three_steps")
+
+
+@three.step
+def one(input: Any) -> Any:
+    return {"n": input.get("n", 0)}
+
+
+@three.step
+def two(ctx: Any) -> Any:
+    return assign(ctx, two=True)
+
+
+@three.step
+def three_(ctx: Any) -> Any:
+    return assign(ctx, three=True)
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=1000)
+    p.add_argument("--timeout", type=float, default=600)
+    args = p.parse_args()
+
+    import kubernetes
+    import pgserver
+    from tests.support import WorkerProcess, new_schema, wait_until
+
+    from conftest import NS, Cluster, start_kube  # the k8s test tier's helpers
+
+    tmp = Path(tempfile.mkdtemp(prefix="durable-bench-k8s-"))
+    url = str(pgserver.get_server(tmp / "pg", cleanup_mode="stop").get_uri())
+    kube = start_kube()
+    cluster = Cluster(kube, url, new_schema("bench"), tmp)
+    try:
+        cluster.worker = WorkerProcess(url, cluster.schema, ["bench.bench_k8s"], ["default=32"],
+                                       log_path=tmp / "worker.log").start()
+        wait_until(lambda: _registered(cluster), timeout=60, what="worker registration")
+        op = cluster.start_operator()
+        assert op.proc is not None
+
+        seen_running: dict[str, float] = {}
+        succeeded: dict[str, float] = {}
+        stop = threading.Event()
+        kubernetes.config.load_kube_config(config_file=str(kube.kubeconfig))
+        api = kubernetes.client.CustomObjectsApi()
+
+        def watch() -> None:
+            w = kubernetes.watch.Watch()
+            while not stop.is_set():
+                for ev in w.stream(api.list_namespaced_custom_object, "durable.dev", "v1alpha1", NS,
+                                   "workflowruns", timeout_seconds=5):
+                    obj = ev["object"]
+                    name, phase = obj["metadata"]["name"], (obj.get("status") or {}).get("phase")
+                    now = time.monotonic()
+                    if phase and phase != "Pending":
+                        seen_running.setdefault(name, now)
+                    if phase == "Succeeded":
+                        succeeded.setdefault(name, now)
+
+        threading.Thread(target=watch, daemon=True).start()
+        docs = [json.dumps({"apiVersion": "durable.dev/v1alpha1", "kind": "WorkflowRun",
+                            "metadata": {"name": f"bench-{i:05d}"},
+                            "spec": {"workflow": "bench_three_steps", "input": {"n": i}}})
+                for i in range(args.runs)]
+        t0 = time.monotonic()
+        cluster.kubectl("apply", "--server-side", "-f", "-", input="\n---\n".join(docs))
+        t_applied = time.monotonic() - t0
+        wait_until(lambda: len(succeeded) >= args.runs, timeout=args.timeout, interval=0.2,
+                   what=f"{args.runs} runs Succeeded")
+        t_all = max(succeeded.values()) - t0
+        stop.set()
+        lat = sorted(v - t0 for v in seen_running.values())
+        m = op.metrics()
+        patches = sum(v for k, v in m.items() if k.startswith("durable_operator_status_patches_total"))
+        peak = _peak_rss_mb(op.proc.pid)
+        q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else lat * 99
+        print(f"runs:                         {args.runs}")
+        print(f"kubectl apply took:           {t_applied:.2f} s")
+        print(f"all Succeeded after:          {t_all:.2f} s  ({args.runs / t_all:.0f} runs/s)")
+        print(f"apply-to-Running p50 / p95:   {q[49]:.2f} s / {q[94]:.2f} s  (from the start of kubectl apply)")
+        print(f"status patches per run:       {patches / args.runs:.2f}  (reflector; +1 from the start handler)")
+        print(f"operator peak RSS:            {peak:.0f} MB")
+    finally:
+        cluster.stop()
+        kube.stop()
+
+
+def _registered(cluster: Any) -> bool:
+    import psycopg
+
+    try:
+        return bool(cluster.sql("SELECT count(*) FROM workflows WHERE name = 'bench_three_steps'")[0][0])
+    except psycopg.errors.UndefinedTable:
+        return False
+
+
+if __name__ == "__main__":
+    main()

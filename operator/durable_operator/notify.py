@@ -1,0 +1,275 @@
+"""The status reflector: one LISTEN on ``durable_runs`` drives every WorkflowRun's ``status``.
+
+Started by :mod:`main` at operator startup; :mod:`runs` registers each WorkflowRun it starts (or
+sees on a watch event) with :meth:`Reflector.track`. A notification only marks a run dirty; a
+dispatcher hands dirty runs to a few workers at most once per ``min_interval`` per resource, so a
+burst of step changes costs one patch. Each worker reads the run, renders it (:mod:`status`) and
+patches only when the rendering changed. Every ``resync`` seconds all tracked runs are marked dirty,
+and after the LISTEN connection is re-established too, so a lost notification only costs latency.
+
+Only the active replica patches (Kopf peering): :meth:`Reflector.set_active` is driven by
+:mod:`peering`, and a replica that loses the lead forgets what it tracked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from durable import Client, RunNotFound
+from durable.db import connect
+
+from . import metrics
+from .constants import API_VERSION, LABEL_COMPLETED, RUN_KIND, TERMINAL_PHASES
+from .kube import KubeApi, Transient, ref_of
+from .status import RENDERED_KEYS, render
+
+log = logging.getLogger("durable_operator.notify")
+
+
+@dataclass
+class Tracked:
+    namespace: str
+    name: str
+    uid: str | None
+    phase: str | None = None  # last phase we wrote (or saw)
+    digest: str | None = None  # digest of the last status we wrote
+    resource_version: int = 0  # of our last write
+    next_allowed: float = 0.0  # loop time before which we do not patch again
+    labelled: bool = False
+
+
+def _digest(status: dict[str, Any]) -> str:
+    return hashlib.blake2b(json.dumps(status, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+
+
+class Reflector:
+    def __init__(self, client: Client, kube: KubeApi, *, min_interval: float = 0.3, resync: float = 30.0,
+                 workers: int = 8) -> None:
+        self.client = client
+        self.kube = kube
+        self.min_interval = min_interval
+        self.resync = resync
+        self.workers = workers
+        self.active = True
+        self._tracked: dict[str, Tracked] = {}
+        self._dirty: set[str] = set()
+        self._inflight: set[str] = set()
+        self._wake = asyncio.Event()
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._thread: threading.Thread | None = None
+
+    # ---- registration (event loop thread) -------------------------------------------------
+
+    def track(self, run_id: str, namespace: str, name: str, uid: str | None, *,
+              observed: Mapping[str, Any] | None = None, labelled: bool = False) -> None:
+        """Reflect this run into that resource. ``observed``: the resource's current status, if known,
+        so an operator restart does not re-patch statuses that are already up to date. Runs tracked
+        while on standby are kept (Kopf may resume and re-list before we notice) but not patched."""
+        t = self._tracked.get(run_id)
+        if t is None:
+            t = Tracked(namespace, name, uid, labelled=labelled)
+            if observed is not None:
+                t.phase = observed.get("phase")
+                t.digest = _digest({k: observed.get(k) for k in RENDERED_KEYS})
+            self._tracked[run_id] = t
+            metrics.TRACKED_RUNS.set(len(self._tracked))
+            self.mark(run_id)
+
+    def is_tracked(self, run_id: str) -> bool:
+        return run_id in self._tracked
+
+    def observed(self, run_id: str, phase: str | None, resource_version: str | None) -> None:
+        """A watch event showed this resource: if someone else's write is newer than ours, re-render it."""
+        t = self._tracked.get(run_id)
+        if t is None or phase == t.phase or not resource_version or not resource_version.isdigit():
+            return
+        if int(resource_version) > t.resource_version and run_id not in self._inflight:
+            t.digest = None
+            self.mark(run_id)
+
+    def forget(self, run_id: str) -> None:
+        self._tracked.pop(run_id, None)
+        self._dirty.discard(run_id)
+        metrics.TRACKED_RUNS.set(len(self._tracked))
+
+    def mark(self, run_id: str) -> None:
+        if run_id in self._tracked:
+            self._dirty.add(run_id)
+            self._wake.set()
+
+    def mark_all(self) -> None:
+        self._dirty.update(self._tracked)
+        self._wake.set()
+
+    def set_active(self, active: bool) -> None:
+        if active == self.active:
+            return
+        self.active = active
+        metrics.ACTIVE.set(1 if active else 0)
+        log.info("reflector %s", "active" if active else "standby", extra={"action": "peering"})
+        if active:
+            self.mark_all()
+        else:  # Kopf re-lists every resource when it resumes this replica; start from that
+            self._tracked.clear()
+            self._dirty.clear()
+            metrics.TRACKED_RUNS.set(0)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        metrics.ACTIVE.set(1 if self.active else 0)
+        self._thread = threading.Thread(target=self._listen, name="durable-operator-listen", daemon=True)
+        self._thread.start()
+        self._tasks = [asyncio.create_task(self._dispatch(), name="reflector-dispatch"),
+                       asyncio.create_task(self._resync_loop(), name="reflector-resync")]
+        self._tasks += [asyncio.create_task(self._worker(), name=f"reflector-worker-{i}")
+                        for i in range(self.workers)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # ---- the LISTEN thread --------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        while not self._stop.is_set():
+            try:
+                with connect(self.client.url, self.client.settings.db) as conn:
+                    conn.execute("LISTEN durable_runs")
+                    loop.call_soon_threadsafe(self.mark_all)  # heal whatever changed while we were away
+                    while not self._stop.is_set():
+                        batch = {n.payload for n in conn.notifies(timeout=0.05)}
+                        if batch:
+                            metrics.NOTIFICATIONS.inc(len(batch))
+                            loop.call_soon_threadsafe(self._mark_many, batch)
+            except psycopg.Error as exc:
+                log.warning("LISTEN connection lost, reconnecting: %s", exc, extra={"action": "listen"})
+                self._stop.wait(1.0)
+
+    def _mark_many(self, run_ids: set[str]) -> None:
+        for run_id in run_ids:
+            self.mark(run_id)
+
+    # ---- dispatching and patching ---------------------------------------------------------------
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.resync)
+            self.mark_all()
+
+    async def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self.active:
+                continue  # set_active(True) wakes us again
+            now = loop.time()
+            next_due: float | None = None
+            for run_id in list(self._dirty):
+                t = self._tracked.get(run_id)
+                if t is None:
+                    self._dirty.discard(run_id)
+                    continue
+                if run_id in self._inflight:
+                    continue  # re-examined when the in-flight sync ends
+                if t.next_allowed <= now:
+                    self._dirty.discard(run_id)
+                    self._inflight.add(run_id)
+                    self._queue.put_nowait(run_id)
+                else:
+                    next_due = t.next_allowed if next_due is None else min(next_due, t.next_allowed)
+            if next_due is not None:
+                loop.call_at(next_due, self._wake.set)
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            run_id = await self._queue.get()
+            t = self._tracked.get(run_id)
+            try:
+                if t is not None:
+                    await self._sync(run_id, t)
+            except (Transient, psycopg.Error, OSError) as exc:
+                # API server or database briefly away: retry this run after a pause.
+                metrics.STATUS_PATCH_ERRORS.inc()
+                log.warning("status sync of %s/%s failed, will retry: %s", t.namespace if t else "?",
+                            t.name if t else run_id, exc, extra={"action": "status", "run_id": run_id})
+                if t is not None:
+                    t.next_allowed = loop.time() + 2.0
+                    self._dirty.add(run_id)
+            except Exception:
+                log.exception("status sync of run %s failed", run_id, extra={"action": "status", "run_id": run_id})
+                if t is not None:
+                    t.next_allowed = loop.time() + 5.0
+                    self._dirty.add(run_id)
+            finally:
+                self._inflight.discard(run_id)
+                self._wake.set()
+
+    async def _sync(self, run_id: str, t: Tracked) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            run = await asyncio.to_thread(self.client.get, run_id)
+        except RunNotFound:
+            self.forget(run_id)
+            return
+        status = render(run)
+        digest = _digest(status)
+        if digest != t.digest:
+            t0 = time.perf_counter()
+            try:
+                body = await asyncio.to_thread(self.kube.patch_run_status, t.namespace, t.name, status)
+            except Exception as exc:
+                if getattr(exc, "status", None) == 404:  # the resource is gone
+                    self.forget(run_id)
+                    return
+                raise
+            metrics.STATUS_PATCH_SECONDS.observe(time.perf_counter() - t0)
+            metrics.STATUS_PATCHES.labels("reflector").inc()
+            rv = str(body.get("metadata", {}).get("resourceVersion", "0"))
+            t.resource_version = int(rv) if rv.isdigit() else 0
+            t.digest = digest
+            t.next_allowed = loop.time() + self.min_interval
+            if status["phase"] != t.phase:
+                await self._post_phase_event(t, status)
+            t.phase = status["phase"]
+        if status["phase"] in TERMINAL_PHASES:
+            if not t.labelled:
+                await asyncio.to_thread(self.kube.patch_run, t.namespace, t.name,
+                                        {"metadata": {"labels": {LABEL_COMPLETED: "true"}}})
+                t.labelled = True
+            self.forget(run_id)
+
+    async def _post_phase_event(self, t: Tracked, status: dict[str, Any]) -> None:
+        phase = status["phase"]
+        failed = phase in TERMINAL_PHASES and phase != "Succeeded"
+        message = status.get("message") or f"run {status['runId']} is {phase.lower()}"
+        if phase == "Succeeded":
+            message = f"run {status['runId']} succeeded ({status.get('progress') or 'done'})"
+        ref = ref_of(t.namespace, t.name, t.uid, RUN_KIND, API_VERSION)
+        try:
+            await asyncio.to_thread(self.kube.post_event, ref, "Warning" if failed else "Normal", phase, message)
+        except Exception as exc:  # an Event is best effort; the status already says it
+            log.info("could not post event: %s", exc, extra={"action": "event"})
