@@ -74,6 +74,17 @@ def _runs_table(runs: list[Run]) -> Table:
     return table
 
 
+def _set_output(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.obj["output"] = value
+
+
+def output_option(fn: Any) -> Any:
+    """``--output``/``-o`` is accepted after the command too (``durable runs list -o json``)."""
+    return click.option("--output", "-o", type=click.Choice(["text", "json"]), default=None, expose_value=False,
+                        callback=_set_output, help="Output format.")(fn)
+
+
 def _import_apps(apps: tuple[str, ...]) -> None:
     sys.path.insert(0, ".")
     for app in apps:
@@ -96,6 +107,7 @@ def main(ctx: click.Context, database_url: str | None, schema: str | None, outpu
 
 
 @main.command()
+@output_option
 @click.pass_context
 def migrate(ctx: click.Context) -> None:
     """Create or upgrade the schema."""
@@ -126,6 +138,7 @@ def _worker(ctx: click.Context, apps: tuple[str, ...], queues: tuple[str, ...], 
 
 
 @main.command()
+@output_option
 @click.option("--app", "apps", multiple=True, required=True, help="Module defining workflows (repeatable).")
 @click.option("--queue", "queues", multiple=True, help="NAME=CONCURRENCY (repeatable; default default=10).")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
@@ -142,6 +155,7 @@ def worker(ctx: click.Context, apps: tuple[str, ...], queues: tuple[str, ...], m
 
 
 @main.command()
+@output_option
 @click.option("--app", "apps", multiple=True, required=True, help="Module defining workflows (repeatable).")
 @click.option("--queue", "queues", multiple=True, help="NAME=CONCURRENCY (repeatable).")
 @click.option("--metrics-port", type=int, default=None)
@@ -164,6 +178,7 @@ def dev(ctx: click.Context, apps: tuple[str, ...], queues: tuple[str, ...], metr
 
 
 @main.command()
+@output_option
 @click.argument("workflow")
 @click.option("--input", "input_", default=None, help="Input as JSON.")
 @click.option("--queue", default=None)
@@ -220,6 +235,7 @@ def runs() -> None:
 
 
 @runs.command("list")
+@output_option
 @click.option("--workflow", default=None)
 @click.option("--status", default=None)
 @click.option("--limit", type=int, default=50)
@@ -233,6 +249,7 @@ def runs_list(ctx: click.Context, workflow: str | None, status: str | None, limi
 
 
 @runs.command("get")
+@output_option
 @click.argument("run_id")
 @click.pass_context
 def runs_get(ctx: click.Context, run_id: str) -> None:
@@ -241,6 +258,7 @@ def runs_get(ctx: click.Context, run_id: str) -> None:
 
 
 @runs.command("cancel")
+@output_option
 @click.argument("run_id")
 @click.option("--reason", default=None)
 @click.pass_context
@@ -251,6 +269,7 @@ def runs_cancel(ctx: click.Context, run_id: str, reason: str | None) -> None:
 
 
 @main.command("send-event")
+@output_option
 @click.argument("run_id")
 @click.argument("name")
 @click.option("--payload", default=None, help="Payload as JSON.")
@@ -262,6 +281,7 @@ def send_event(ctx: click.Context, run_id: str, name: str, payload: str | None) 
 
 
 @main.command("provide-input")
+@output_option
 @click.argument("run_id")
 @click.argument("name")
 @click.argument("data")
@@ -282,6 +302,7 @@ def schedules() -> None:
 
 
 @schedules.command("list")
+@output_option
 @click.pass_context
 def schedules_list(ctx: click.Context) -> None:
     items = _client(ctx).schedules()

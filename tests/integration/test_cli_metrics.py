@@ -64,7 +64,7 @@ def test_cli_end_to_end(cli_env: dict[str, Any]) -> None:
     wait_until(lambda: json.loads(durable(cli_env, "-o", "json", "runs", "get", run_id).stdout)["status"]
                == "succeeded", what="approved run finished")
 
-    listed = json.loads(durable(cli_env, "-o", "json", "runs", "list", "--workflow", "expense_approval").stdout)
+    listed = json.loads(durable(cli_env, "runs", "list", "--workflow", "expense_approval", "-o", "json").stdout)
     assert [r["id"] for r in listed] == [run_id]
     text = durable(cli_env, "runs", "list").stdout
     assert "expense_approval" in text and "succeeded" in text
