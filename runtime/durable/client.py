@@ -96,7 +96,7 @@ class Client:
         if auto_migrate:
             with connect(self.url, db) as conn:
                 migrate(conn, db.schema)
-        self._pool = make_pool(self.url, db, size=pool_size, name="durable-client")
+        self._pool = make_pool(self.url, db, size=pool_size, name="durable-client", check=True)
         self._watcher: _RunWatcher | None = None
         self._registered: set[str] = set()
         self._definitions = store.DefinitionCache()

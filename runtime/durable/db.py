@@ -67,8 +67,13 @@ def connect(url: str, settings: DatabaseSettings) -> psycopg.Connection[Any]:
     return psycopg.connect(url, **connect_kwargs(settings))
 
 
-def make_pool(url: str, settings: DatabaseSettings, *, size: int, name: str) -> ConnectionPool:
+def make_pool(url: str, settings: DatabaseSettings, *, size: int, name: str,
+              check: bool = False) -> ConnectionPool:
+    """A short ``timeout`` lets callers waiting for a connection during an outage fall back to their
+    own retry loops; ``check`` tests a connection before lending it (clients, whose connections
+    may sit idle across a server restart)."""
     pool = ConnectionPool(url, min_size=1, max_size=max(size, 1), kwargs=connect_kwargs(settings),
-                          name=name, open=False, reconnect_timeout=0, timeout=60.0)
+                          name=name, open=False, reconnect_timeout=300.0, timeout=5.0,
+                          check=ConnectionPool.check_connection if check else None)
     pool.open(wait=False)
     return pool

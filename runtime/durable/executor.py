@@ -10,11 +10,13 @@ import asyncio
 import concurrent.futures
 import contextvars
 import logging
+import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+import psycopg
 from psycopg_pool import ConnectionPool
 
 from . import checkpoint as cp
@@ -32,6 +34,7 @@ from .tasks import Task
 from .waits import StepRuntime, Suspend, WaitRecord, bind, unbind
 
 log = logging.getLogger("durable.executor")
+T = TypeVar("T")
 
 
 def as_context(value: Any) -> Any:
@@ -79,6 +82,25 @@ class Executor:
             with self.pool.connection() as conn:
                 conn.execute(q("retry_task"), {"delay": 5.0, "task_id": task.id, "token": task.token})
         return wf
+
+    def _checkpoint(self, record: Callable[[Any], T]) -> T:
+        """Run a checkpoint, retrying it (never the step) while the database is unreachable.
+
+        Safe because every checkpoint is guarded by the lease token: if an earlier try did commit,
+        the retry finds the token gone and raises LeaseLost. Past the lease, another worker owns
+        the task, so we give up the same way."""
+        delay = 0.05
+        give_up = time.monotonic() + self.ttl
+        while True:
+            try:
+                with self.pool.connection() as conn:
+                    return record(conn)
+            except psycopg.OperationalError as exc:
+                if time.monotonic() > give_up:
+                    raise cp.LeaseLost(f"database unreachable for the whole lease: {exc}") from exc
+                log.warning("database unavailable at checkpoint; retrying", extra={"error": str(exc)})
+                time.sleep(delay + random.random() * delay)
+                delay = min(delay * 2, 2.0)
 
     def _queue_of(self, graph: Graph, node: str, task: Task) -> str:
         step = graph.steps.get(node)
@@ -131,10 +153,11 @@ class Executor:
                                  "context (a mapping) or None")
             ctx_json = dumps(new_ctx, what=f"output of step {step.name!r}", limit=self.max_bytes)
         except Suspend as sig:
-            with self.pool.connection() as conn:
-                token = cp.suspend(conn, task, step=step.name, request=sig.request, queue=task.queue,
-                                   lease_ttl=self.ttl, max_bytes=self.max_bytes)
-            log.debug("suspended", extra={**extra, "action": "suspend", "wait": sig.request.kind})
+            request = sig.request
+            token = self._checkpoint(lambda conn: cp.suspend(
+                conn, task, step=step.name, request=request, queue=task.queue, lease_ttl=self.ttl,
+                max_bytes=self.max_bytes))
+            log.debug("suspended", extra={**extra, "action": "suspend", "wait": request.kind})
             if token is None:
                 return None
             return Task(**{**task.__dict__, "token": token, "fresh": False})
@@ -149,9 +172,8 @@ class Executor:
                 metrics.STEP_RETRIES.labels(wf.name, step.name).inc()
                 log.warning("step failed; will retry", extra={**extra, "action": "retry", "delay_ms": delay,
                                                                "error": err["message"]})
-                with self.pool.connection() as conn:
-                    cp.retry(conn, task, step=step.name, error=err, delay_ms=delay, started_at=started_at,
-                             worker=self.owner)
+                self._checkpoint(lambda conn: cp.retry(conn, task, step=step.name, error=err, delay_ms=delay,
+                                                       started_at=started_at, worker=self.owner))
                 return None
             metrics.STEP_ATTEMPTS.labels(wf.name, step.name, "failed").inc()
             log.warning("step failed", extra={**extra, "action": "step_failed", "error": err["message"]})
@@ -170,9 +192,9 @@ class Executor:
         nxt = graph.after(at)
         queue = self._queue_of(graph, nxt, task) if nxt else task.queue
         keep = nxt is not None and queue == task.queue
-        with self.pool.connection() as conn:
-            token = cp.advance(conn, task, step=recorded, next_node=nxt, next_queue=queue, ctx_json=ctx_json,
-                               started_at=started_at, worker=self.owner, lease_ttl=self.ttl, keep=keep)
+        token = self._checkpoint(lambda conn: cp.advance(
+            conn, task, step=recorded, next_node=nxt, next_queue=queue, ctx_json=ctx_json, started_at=started_at,
+            worker=self.owner, lease_ttl=self.ttl, keep=keep))
         if nxt is None:
             metrics.RUNS_FINISHED.labels(graph.wf.name, "succeeded").inc()
             log.info("run succeeded", extra={"action": "run_succeeded", "run_id": task.run_id})
@@ -186,10 +208,9 @@ class Executor:
                      err: dict[str, Any] | None, started_at: datetime) -> Task | None:
         node = graph.parallel_of[step.name]
         members = [(s.name, s.queue or task.run_queue) for s in node.steps]
-        with self.pool.connection() as conn:
-            joined = cp.member_done(conn, task, step=step.name, node=node.name, members=members,
-                                    limit=node.max_concurrency, status=status, output_json=output_json, error=err,
-                                    started_at=started_at, worker=self.owner, lease_ttl=self.ttl)
+        joined = self._checkpoint(lambda conn: cp.member_done(
+            conn, task, step=step.name, node=node.name, members=members, limit=node.max_concurrency, status=status,
+            output_json=output_json, error=err, started_at=started_at, worker=self.owner, lease_ttl=self.ttl))
         if joined is None:
             return None
         return Task(id=joined[0], run_id=task.run_id, kind="join", step=node.name, queue=task.queue,
@@ -260,10 +281,14 @@ class Executor:
 
     def _fail(self, task: Task, graph: Graph, step: str, err: dict[str, Any], started_at: datetime | None,
               final_status: str = "failed") -> Task | None:
-        with self.pool.connection() as conn:
-            comps = self._compensations(conn, task, graph)
-            token = cp.fail(conn, task, step=step, error=err, started_at=started_at, worker=self.owner,
-                            compensations=comps, lease_ttl=self.ttl, final_status=final_status)
+        comps: list[str] = []
+
+        def record(conn: Any) -> str | None:
+            comps[:] = self._compensations(conn, task, graph)
+            return cp.fail(conn, task, step=step, error=err, started_at=started_at, worker=self.owner,
+                           compensations=comps, lease_ttl=self.ttl, final_status=final_status)
+
+        token = self._checkpoint(record)
         if not comps:
             metrics.RUNS_FINISHED.labels(graph.wf.name, final_status).inc()
             log.info("run ended", extra={"action": f"run_{final_status}", "run_id": task.run_id, "step": step})
@@ -292,13 +317,16 @@ class Executor:
         except Exception as exc:
             err = error_of(comp.name, exc)
             if comp.retry.should_retry(exc, task.attempt):
-                with self.pool.connection() as conn:
-                    cp.retry(conn, task, step=comp.name, error=err, delay_ms=comp.retry.delay(task.attempt),
-                             started_at=started_at, worker=self.owner, kind="compensation")
+                delay = comp.retry.delay(task.attempt)
+                failure = err
+                self._checkpoint(lambda conn: cp.retry(conn, task, step=comp.name, error=failure, delay_ms=delay,
+                                                       started_at=started_at, worker=self.owner,
+                                                       kind="compensation"))
                 return None
-        with self.pool.connection() as conn:
-            token = cp.compensated(conn, task, step=task.step, comp_name=comp.name, started_at=started_at,
-                                   worker=self.owner, remaining=remaining, lease_ttl=self.ttl, error=err)
+        outcome = err
+        token = self._checkpoint(lambda conn: cp.compensated(
+            conn, task, step=task.step, comp_name=comp.name, started_at=started_at, worker=self.owner,
+            remaining=remaining, lease_ttl=self.ttl, error=outcome))
         if token is None:
             return None
         return Task(**{**task.__dict__, "step": remaining[0], "attempt": 1, "token": token, "fresh": True})

@@ -209,8 +209,8 @@ class Worker:
             self._wake.set()
 
     def _with_db_retry(self, fn: Callable[[], T]) -> T:
-        """Retry on a lost connection: checkpoints are guarded by the lease token, so repeating one
-        after an unknown commit outcome can never record a result twice."""
+        """Retry a task whose preparation (loading its journal or context) lost the database. The
+        step itself never re-runs through here: the executor retries its own checkpoints."""
         delay = 0.05
         deadline = time.monotonic() + self.settings.worker.lease_seconds
         while True:
