@@ -10,7 +10,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar, overload
 
 from .errors import DefinitionError
 from .retry import NO_RETRY, Retry
@@ -18,6 +18,17 @@ from .schedule import Cron
 from .timeutil import Duration, to_ms
 
 StepFn = Callable[..., Any]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _StepDecorator(Protocol):
+    @overload
+    def __call__(self, fn: F, /) -> F: ...
+
+    @overload
+    def __call__(self, fn: None = None, /, *, name: str | None = None, retry: Retry | None = None,
+                 timeout: Duration | None = None, compensate: str | None = None,
+                 queue: str | None = None) -> Callable[[F], F]: ...
 _UNSET: Any = object()
 
 
@@ -87,12 +98,21 @@ class _StepCollector:
         self._wf = workflow
         self._sink = sink
 
-    def step(self, fn: StepFn | None = None, /, *, name: str | None = None, retry: Retry | None = None,
+    @overload
+    def step(self, fn: F, /) -> F: ...
+
+    @overload
+    def step(self, fn: None = None, /, *, name: str | None = None, retry: Retry | None = None,
              timeout: Duration | None = None, compensate: str | None = None,
-             queue: str | None = None) -> Any:
+             queue: str | None = None) -> Callable[[F], F]: ...
+
+    def step(self, fn: F | None = None, /, *, name: str | None = None, retry: Retry | None = None,
+             timeout: Duration | None = None, compensate: str | None = None,
+             queue: str | None = None) -> F | Callable[[F], F]:
+        """``@x.step`` or ``@x.step(name=..., retry=..., timeout=..., compensate=..., queue=...)``."""
         opts = _step_options(name, retry, timeout, compensate, queue)
 
-        def decorate(f: StepFn) -> StepFn:
+        def decorate(f: F) -> F:
             self._sink.append(self._wf._new_step(f, **opts))
             return f
 
@@ -184,7 +204,7 @@ class Workflow:
         return StepDef(name=self._claim(name or fn.__name__), fn=fn, **opts)
 
     @property
-    def step(self) -> Any:
+    def step(self) -> _StepDecorator:
         """``@wf.step`` or ``@wf.step(name=..., retry=..., timeout=..., compensate=..., queue=...)``."""
         return self._top.step
 
