@@ -57,4 +57,4 @@ def test_misuse_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("MYPYPATH", str(ROOT / "runtime"))
     out = _check(tmp_path, BAD)
     assert 'snippet.py:5: error: No overload variant' in out and "retry: Retry | None" in out, out
-    assert '"fibonacci"' in out, out
+    assert 'Argument "backoff" to "Retry"' in out and "fibonacci" in out, out
