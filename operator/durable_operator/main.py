@@ -56,8 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def configure(settings: kopf.OperatorSettings, args: argparse.Namespace) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="durable.dev")
+    # Only spec changes matter to the handlers: without ignoring metadata, the completed label (and any
+    # label a user adds) would make Kopf re-write this annotation, one more PATCH per run.
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="durable.dev", key="last-handled-configuration")
+        prefix="durable.dev", key="last-handled-configuration", ignored_fields=["metadata"])
     # Watches end every few minutes on their own; a silent connection is dropped after client_timeout.
     # Kopf re-lists on 410 Gone and reconnects with back-off after API server restarts.
     settings.watching.server_timeout = 300
@@ -93,17 +95,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.metrics_port:
         start_http_server(args.metrics_port)
 
-    kube = KubeApi()
+    kube = KubeApi(pool_size=48)  # the reflector's workers patch concurrently
     if not args.standalone:
         ensure_peering_object(kube, args.peering, [] if args.all_namespaces else args.namespaces)
-    client = Client(pool_size=8)
-    reflector = Reflector(client, kube, resync=args.resync_seconds)
+    client = Client(pool_size=12)
+    reflector = Reflector(client, kube, resync=args.resync_seconds, active=args.standalone)
     set_app(App(client=client, kube=kube, reflector=reflector, deliverer=Deliverer(client)))
 
     @kopf.on.startup()
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings, args)
-        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(16, thread_name_prefix="durable-op"))
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(48, thread_name_prefix="durable-op"))
         await reflector.start()
         bg = [asyncio.create_task(schedules.Scheduler(kube).run(), name="scheduler")]
         if not args.standalone:

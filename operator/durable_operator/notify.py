@@ -30,7 +30,7 @@ from durable import Client, RunNotFound
 from durable.db import connect
 
 from . import metrics
-from .constants import API_VERSION, LABEL_COMPLETED, RUN_KIND, TERMINAL_PHASES
+from .constants import API_VERSION, FINALIZER, LABEL_COMPLETED, RUN_KIND, TERMINAL_PHASES
 from .kube import KubeApi, Transient, ref_of
 from .status import RENDERED_KEYS, render
 
@@ -47,6 +47,7 @@ class Tracked:
     resource_version: int = 0  # of our last write
     next_allowed: float = 0.0  # loop time before which we do not patch again
     labelled: bool = False
+    finalizers: list[str] | None = None  # as last seen on the watch (None: not seen yet)
 
 
 def _digest(status: dict[str, Any]) -> str:
@@ -55,21 +56,23 @@ def _digest(status: dict[str, Any]) -> str:
 
 class Reflector:
     def __init__(self, client: Client, kube: KubeApi, *, min_interval: float = 0.3, resync: float = 30.0,
-                 workers: int = 8) -> None:
+                 workers: int = 32, active: bool = True) -> None:
         self.client = client
         self.kube = kube
         self.min_interval = min_interval
         self.resync = resync
         self.workers = workers
-        self.active = True
+        # With peering, start as a standby (as Kopf does) until :mod:`peering` has read the peering object.
+        self.active = active
         self._tracked: dict[str, Tracked] = {}
-        self._dirty: set[str] = set()
+        self._dirty: dict[str, None] = {}  # insertion-ordered: the longest-waiting run goes first
         self._inflight: set[str] = set()
         self._wake = asyncio.Event()
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._side: set[asyncio.Task[None]] = set()  # Events being posted
         self._thread: threading.Thread | None = None
 
     # ---- registration (event loop thread) -------------------------------------------------
@@ -92,10 +95,15 @@ class Reflector:
     def is_tracked(self, run_id: str) -> bool:
         return run_id in self._tracked
 
-    def observed(self, run_id: str, phase: str | None, resource_version: str | None) -> None:
+    def observed(self, run_id: str, phase: str | None, resource_version: str | None,
+                 finalizers: list[str] | None = None) -> None:
         """A watch event showed this resource: if someone else's write is newer than ours, re-render it."""
         t = self._tracked.get(run_id)
-        if t is None or phase == t.phase or not resource_version or not resource_version.isdigit():
+        if t is None:
+            return
+        if finalizers is not None:
+            t.finalizers = list(finalizers)
+        if phase == t.phase or not resource_version or not resource_version.isdigit():
             return
         if int(resource_version) > t.resource_version and run_id not in self._inflight:
             t.digest = None
@@ -103,16 +111,16 @@ class Reflector:
 
     def forget(self, run_id: str) -> None:
         self._tracked.pop(run_id, None)
-        self._dirty.discard(run_id)
+        self._dirty.pop(run_id, None)
         metrics.TRACKED_RUNS.set(len(self._tracked))
 
     def mark(self, run_id: str) -> None:
         if run_id in self._tracked:
-            self._dirty.add(run_id)
+            self._dirty.setdefault(run_id, None)
             self._wake.set()
 
     def mark_all(self) -> None:
-        self._dirty.update(self._tracked)
+        self._dirty.update(dict.fromkeys(self._tracked))
         self._wake.set()
 
     def set_active(self, active: bool) -> None:
@@ -190,12 +198,12 @@ class Reflector:
             for run_id in list(self._dirty):
                 t = self._tracked.get(run_id)
                 if t is None:
-                    self._dirty.discard(run_id)
+                    self._dirty.pop(run_id, None)
                     continue
                 if run_id in self._inflight:
                     continue  # re-examined when the in-flight sync ends
                 if t.next_allowed <= now:
-                    self._dirty.discard(run_id)
+                    self._dirty.pop(run_id, None)
                     self._inflight.add(run_id)
                     self._queue.put_nowait(run_id)
                 else:
@@ -209,7 +217,7 @@ class Reflector:
             run_id = await self._queue.get()
             t = self._tracked.get(run_id)
             try:
-                if t is not None:
+                if t is not None and self.active:
                     await self._sync(run_id, t)
             except (Transient, psycopg.Error, OSError) as exc:
                 # API server or database briefly away: retry this run after a pause.
@@ -218,12 +226,12 @@ class Reflector:
                             t.name if t else run_id, exc, extra={"action": "status", "run_id": run_id})
                 if t is not None:
                     t.next_allowed = loop.time() + 2.0
-                    self._dirty.add(run_id)
+                    self._dirty.setdefault(run_id, None)
             except Exception:
                 log.exception("status sync of run %s failed", run_id, extra={"action": "status", "run_id": run_id})
                 if t is not None:
                     t.next_allowed = loop.time() + 5.0
-                    self._dirty.add(run_id)
+                    self._dirty.setdefault(run_id, None)
             finally:
                 self._inflight.discard(run_id)
                 self._wake.set()
@@ -237,6 +245,11 @@ class Reflector:
             return
         status = render(run)
         digest = _digest(status)
+        if not self.active:
+            return  # lost the lead while reading: a standby never patches
+        terminal = status["phase"] in TERMINAL_PHASES
+        if terminal and not t.labelled:
+            await self._complete(t)
         if digest != t.digest:
             t0 = time.perf_counter()
             try:
@@ -252,15 +265,27 @@ class Reflector:
             t.resource_version = int(rv) if rv.isdigit() else 0
             t.digest = digest
             t.next_allowed = loop.time() + self.min_interval
-            if status["phase"] != t.phase:
-                await self._post_phase_event(t, status)
+            if status["phase"] != t.phase:  # posted off the worker: the next status patch need not wait
+                task = asyncio.create_task(self._post_phase_event(t, status))
+                self._side.add(task)
+                task.add_done_callback(self._side.discard)
             t.phase = status["phase"]
-        if status["phase"] in TERMINAL_PHASES:
-            if not t.labelled:
-                await asyncio.to_thread(self.kube.patch_run, t.namespace, t.name,
-                                        {"metadata": {"labels": {LABEL_COMPLETED: "true"}}})
-                t.labelled = True
+        if terminal:
             self.forget(run_id)
+
+    async def _complete(self, t: Tracked) -> None:
+        """Label a finished run and drop the finalizer in ONE patch, before the terminal status is written
+        (``runs.run_is_active`` reads the label, so Kopf neither removes nor re-adds the finalizer)."""
+        metadata: dict[str, Any] = {"labels": {LABEL_COMPLETED: "true"}}
+        if t.finalizers is not None and FINALIZER in t.finalizers:
+            rest = [f for f in t.finalizers if f != FINALIZER]
+            metadata["finalizers"] = rest or None
+        try:
+            await asyncio.to_thread(self.kube.patch_run, t.namespace, t.name, {"metadata": metadata})
+        except Exception as exc:
+            if getattr(exc, "status", None) != 404:
+                raise
+        t.labelled = True
 
     async def _post_phase_event(self, t: Tracked, status: dict[str, Any]) -> None:
         phase = status["phase"]

@@ -58,7 +58,7 @@ def leads(peering: dict[str, Any] | None, identity: str, priority: int, now: dat
 
 
 async def watch_leadership(kube: KubeApi, reflector: Reflector, *, name: str, namespace: str | None,
-                           identity: str, priority: int, interval: float = 3.0) -> None:
+                           identity: str, priority: int, interval: float = 1.0) -> None:
     while True:
         try:
             obj = await asyncio.to_thread(kube.get_peering, name, namespace)

@@ -7,7 +7,7 @@ written by the reflector (:mod:`notify`), never here, so the two writers touch d
   crash, or by a second replica, finds the same run.
 - The Kopf finalizer is held only while the run is active (the delete handler's ``when`` filter),
   so deleting an active run cancels it first and a finished run never waits for the operator.
-- Inputs and events go through :mod:`deliveries` (exactly once per name / id).
+- Inputs and events go through :mod:`deliveries` (exactly once per input value / event id).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from durable import InvalidInput, RunNotActive, RunNotFound, UnknownQueue, Workf
 
 from . import metrics
 from .app import get_app
-from .constants import API_VERSION, GROUP, LABEL_COMPLETED, RUN_KIND, RUNS, TERMINAL_PHASES, VERSION
+from .constants import API_VERSION, FINALIZER, GROUP, LABEL_COMPLETED, RUN_KIND, RUNS, TERMINAL_PHASES, VERSION
 from .kube import Transient, ref_of
 from .status import failed_to_start
 
@@ -35,8 +35,14 @@ RUN = (GROUP, VERSION, RUNS)
 _ttl_timers: dict[str, asyncio.TimerHandle] = {}
 
 
-def run_is_active(status: kopf.Status, **_: Any) -> bool:
-    return bool(status.get("runId")) and status.get("phase") not in TERMINAL_PHASES
+def run_is_active(status: kopf.Status, meta: kopf.Meta, **_: Any) -> bool:
+    # The reflector labels a finished run (and drops the finalizer) just before it writes the terminal
+    # status, so the label alone also means "no finalizer needed": Kopf must not re-add it meanwhile.
+    # The start handler adds the finalizer in its metadata patch, which Kopf sends just before the status
+    # patch with runId: the finalizer alone must count too, or Kopf would drop it in between.
+    started = bool(status.get("runId")) or FINALIZER in (meta.get("finalizers") or [])
+    return (started and status.get("phase") not in TERMINAL_PHASES
+            and meta.get("labels", {}).get(LABEL_COMPLETED) != "true")
 
 
 class StartRefused(Exception):
@@ -114,7 +120,9 @@ async def _forward(run_id: str, spec: kopf.Spec, status: kopf.Status, patch: kop
     inputs_done = list(status.get("deliveredInputs") or [])
     events_done = list(status.get("deliveredEvents") or [])
     for key, value in (spec.get("inputs") or {}).items():
-        if key not in inputs_done:
+        # Offered again on every spec change: the delivery id carries the value's hash, so the engine
+        # ignores a replay but delivers a changed value.
+        if not ended or key not in inputs_done:
             pending.append(("input", key, key, value))
     for key, ev in (spec.get("events") or {}).items():
         if key not in events_done:
@@ -136,8 +144,11 @@ async def _forward(run_id: str, spec: kopf.Spec, status: kopf.Status, patch: kop
             if changed:  # keep what was delivered so far; the retry skips it
                 patch.status["deliveredInputs"], patch.status["deliveredEvents"] = inputs_done, events_done
             raise _transient(exc) from exc
+        done = inputs_done if kind == "input" else events_done
+        if key in done:
+            continue  # an input offered again: the engine dedups an unchanged value by its delivery id
         metrics.DELIVERIES.labels(kind, outcome).inc()
-        (inputs_done if kind == "input" else events_done).append(key)
+        done.append(key)
         changed = True
         log.info("%s %r %s to run %s", kind, key, outcome, run_id, extra={"action": "deliver", "run_id": run_id})
     if changed:
@@ -175,8 +186,15 @@ async def reconcile(spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name:
             return
         patch.status["runId"] = run_id
         patch.status["workflow"] = spec["workflow"]
+        # Hold the finalizer from now on, in the same request as Kopf's own annotation (Kopf would
+        # otherwise add it with one more patch on the next event, once status.runId is there).
+        finalizers = list(meta.get("finalizers") or [])
+        if FINALIZER not in finalizers:
+            patch.metadata["finalizers"] = [*finalizers, FINALIZER]
     if status.get("phase") not in TERMINAL_PHASES or meta.get("labels", {}).get(LABEL_COMPLETED) != "true":
         app.reflector.track(run_id, namespace, name, uid, observed=status)
+        app.reflector.observed(run_id, status.get("phase"), None,
+                               patch.metadata.get("finalizers", meta.get("finalizers") or []))
     await _forward(run_id, spec, status, patch, namespace, name, uid)
     patch.status["observedGeneration"] = meta.get("generation")
 
@@ -184,6 +202,8 @@ async def reconcile(spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name:
 @kopf.on.delete(*RUN, when=run_is_active, id="cancel-on-delete")
 async def cancel_on_delete(status: kopf.Status, name: str, namespace: str | None, **_: Any) -> None:
     app = get_app()
+    if not status.get("runId"):  # Kopf writes it right after the finalizer; wait for that patch
+        raise kopf.TemporaryError("the run id is not recorded in status yet", delay=1)
     run_id = str(status["runId"])
     try:
         await asyncio.to_thread(app.client.cancel, run_id, f"WorkflowRun {namespace}/{name} was deleted")
@@ -215,10 +235,9 @@ async def observe(event: kopf.RawEvent, spec: kopf.Spec, status: kopf.Status, me
     phase = status.get("phase")
     labelled = meta.get("labels", {}).get(LABEL_COMPLETED) == "true"
     if phase not in TERMINAL_PHASES or not labelled:
-        if app.reflector.is_tracked(run_id):
-            app.reflector.observed(run_id, phase, meta.get("resourceVersion"))
-        else:
+        if not app.reflector.is_tracked(run_id):
             app.reflector.track(run_id, namespace, name, uid, observed=status, labelled=labelled)
+        app.reflector.observed(run_id, phase, meta.get("resourceVersion"), meta.get("finalizers"))
     ttl = spec.get("ttlSecondsAfterFinished")
     if ttl is not None and phase in TERMINAL_PHASES and status.get("finishedAt") and key not in _ttl_timers:
         finished = datetime.fromisoformat(str(status["finishedAt"]).replace("Z", "+00:00"))

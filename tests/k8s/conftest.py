@@ -29,6 +29,7 @@ EXAMPLE_APPS = ["examples.order_processing", "examples.expense_approval", "examp
                 "examples.bulk_emailer", "examples.trip_booking", "examples.daily_report",
                 "examples.trial_reminder", "examples.payment_flow"]
 NS = "durable-test"
+LEADER_PRIORITY = 100  # the module's operator; fault tests start replicas below or above it
 
 
 def start_kube() -> KubeAPIServer:
@@ -88,6 +89,10 @@ class OperatorProcess:
                 key, _, value = line.rpartition(" ")
                 out[key] = float(value)
         return out
+
+    def metric(self, prefix: str) -> float:
+        """The sum of every sample whose name (with labels) starts with ``prefix``."""
+        return sum(v for k, v in self.metrics().items() if k.startswith(prefix))
 
     def log_tail(self, lines: int = 60) -> str:
         try:
@@ -200,7 +205,7 @@ def cluster(database_url: str, schema: str, tmp_path_factory: pytest.TempPathFac
     c = Cluster(kube, database_url, schema, tmp_path_factory.mktemp("k8s"))
     try:
         c.start_worker()
-        c.start_operator()
+        c.start_operator("--priority", str(LEADER_PRIORITY))
         yield c
     finally:
         c.stop()

@@ -70,7 +70,7 @@ def test_expense_approved_and_rejected_by_patch(cluster: Cluster) -> None:
     # Re-applying the same input (another spec change) delivers nothing twice.
     cluster.kubectl("patch", "wfr", "expense-yes", "--type", "merge", "-p", '{"spec":{"priority":1}}')
     cluster.wait_until(lambda: cluster.status("expense-yes").get("observedGeneration") == 3, what="gen 3")
-    assert cluster.sql("SELECT count(*) FROM k8s_deliveries")[0][0] == 2
+    assert cluster.sql("SELECT count(*) FROM deliveries")[0][0] == 2
 
 
 def test_payment_event_by_patch(cluster: Cluster) -> None:
