@@ -27,7 +27,6 @@ from .dsl import REGISTRY, StepDef, Workflow
 from .errors import InvalidInput, NonRetryableError, StepTimeout
 from .graph import FanOut, Graph
 from .jsonutil import dumps
-from .retry import Retry
 from .schedule import next_tick
 from .settings import Settings
 from .tasks import Task
@@ -351,5 +350,3 @@ class Executor:
                                           "run_id": run_id})
         return None
 
-
-__all__ = ["Executor", "Retry", "as_context", "error_of"]

@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from .db import q
 from .errors import InvalidInput, RunNotActive, RunNotFound, UnknownQueue, WorkflowNotFound
@@ -198,7 +197,3 @@ def cancel_run(conn: Conn, run_id: str, reason: str | None) -> bool:
     finish_run(conn, run_id, "cancelled",
                error={"step": None, "type": "Cancelled", "message": reason or "cancelled"})
     return True
-
-
-def jsonb(value: Any) -> Jsonb:
-    return Jsonb(value)

@@ -24,7 +24,6 @@ import psycopg
 from . import metrics
 from .db import connect, make_pool, q, resolve_url
 from .dsl import REGISTRY, Workflow
-from .errors import UnknownQueue
 from .executor import Executor
 from .jsonutil import dumps
 from .migrate import migrate
@@ -262,5 +261,3 @@ class Worker:
             for kind, n in conn.execute(q("active_waits")).fetchall():
                 metrics.ACTIVE_WAITS.labels(kind).set(n)
 
-
-__all__ = ["UnknownQueue", "Worker", "parse_queues", "register_all"]
