@@ -311,3 +311,34 @@ def test_repeated_delivery_id_is_not_a_second_event(client: Client) -> None:
     assert client.get(run_id).status == "waiting"  # still waiting for the second, distinct tick
     client.send_event(run_id, "tick", 2, delivery_id="tick-2")
     assert client.wait(run_id, timeout=10).result["ticks"] == [1, 2]
+
+
+def test_redeploy_resumes_by_step_name_or_fails_naming_the_missing_step(client: Client) -> None:
+    from durable.dsl import REGISTRY
+
+    def define(*names: str) -> Workflow:
+        wf = Workflow("t_versioned")
+        for name in names:
+            if name == "gate":
+                wf.step(name=name)(lambda ctx: assign(ctx, got=wait_for_event("go")))
+            else:
+                wf.step(name=name)(lambda ctx, n=name: assign(ctx, path=[*ctx.get("path", []), n]))
+        return wf
+
+    try:
+        define("gate", "old_next")
+        kept = client.start("t_versioned", {})
+        removed = client.start("t_versioned", {})
+        for run_id in (kept, removed):
+            wait_until(lambda r=run_id: client.get(r).status == "waiting", what="waiting")
+        define("gate", "new_next")  # a redeploy that keeps the step the runs wait in
+        client.send_event(kept, "go", 1)
+        run = client.wait(kept, timeout=10)
+        assert run.status == "succeeded" and run.result["path"] == ["new_next"]
+        define("renamed_gate", "new_next")  # a redeploy that drops it
+        client.send_event(removed, "go", 1)
+        run = client.wait(removed, timeout=10)
+        assert run.status == "failed"
+        assert "step 'gate' no longer exists in workflow 't_versioned'" in run.error["message"]
+    finally:
+        REGISTRY.remove("t_versioned")
