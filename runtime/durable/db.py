@@ -7,7 +7,9 @@ The store, the migrator, the worker and the client all get their connections her
 from __future__ import annotations
 
 import re
+import time
 import warnings
+import weakref
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -67,6 +69,21 @@ def connect(url: str, settings: DatabaseSettings) -> psycopg.Connection[Any]:
     return psycopg.connect(url, **connect_kwargs(settings))
 
 
+_IDLE_CHECK_SECONDS = 1.0
+_returned_at: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = weakref.WeakKeyDictionary()
+
+
+def _mark_returned(conn: psycopg.Connection[Any]) -> None:
+    _returned_at[conn] = time.monotonic()
+
+
+def _check_if_idle(conn: psycopg.Connection[Any]) -> None:
+    # A connection used a moment ago is alive; testing only idle ones saves a round trip per call
+    # on busy clients while still catching connections that died with a restarted server.
+    if time.monotonic() - _returned_at.get(conn, 0.0) > _IDLE_CHECK_SECONDS:
+        ConnectionPool.check_connection(conn)
+
+
 def make_pool(url: str, settings: DatabaseSettings, *, size: int, name: str,
               check: bool = False) -> ConnectionPool:
     """A short ``timeout`` lets callers waiting for a connection during an outage fall back to their
@@ -74,6 +91,6 @@ def make_pool(url: str, settings: DatabaseSettings, *, size: int, name: str,
     may sit idle across a server restart)."""
     pool = ConnectionPool(url, min_size=1, max_size=max(size, 1), kwargs=connect_kwargs(settings),
                           name=name, open=False, reconnect_timeout=300.0, timeout=5.0,
-                          check=ConnectionPool.check_connection if check else None)
+                          check=_check_if_idle if check else None, reset=_mark_returned if check else None)
     pool.open(wait=False)
     return pool
