@@ -52,20 +52,23 @@ def _move(conn: Conn, task: Task, *, kind: str, step: str, queue: str, lease_ttl
     return new_token
 
 
-def advance_call(task: Task, *, step: str | None, next_node: str | None, next_queue: str, ctx_json: str | None,
-                 started_at: datetime, worker: str, lease_ttl: int,
-                 keep: bool) -> tuple[str, dict[str, Any], str | None]:
-    """The hot-path checkpoint as one guarded function call: record a finished step (``step`` None for
-    a join) and move to ``next_node``, or finish the run (migration 0003). Returns the named query,
-    its parameters and the token we keep on the next task (fast path). The call returns false,
-    changing nothing, when our lease is gone: the caller raises :class:`LeaseLost`."""
+def advance(conn: Conn, task: Task, *, step: str | None, next_node: str | None, next_queue: str,
+            ctx_json: str | None, started_at: datetime, worker: str, lease_ttl: int, keep: bool) -> str | None:
+    """Record a finished step (``step`` None for a join) and move to ``next_node``, or finish the run.
+
+    The hot path: one function call, one round trip, one commit (see migration 0003)."""
     params = {"task_id": task.id, "token": task.token, "run_id": task.run_id, "step": step,
               "attempt": task.attempt, "context": ctx_json, "worker": worker, "started_at": started_at}
     if next_node is None:
-        return "succeed_v1", params, None
+        if not conn.execute(q("succeed_v1"), params).fetchone()[0]:  # type: ignore[index]
+            raise LeaseLost(task.id)
+        return None
     new_token = str(uuid.uuid4()) if keep else None
-    return "advance_v1", {**params, "next": next_node, "next_queue": next_queue, "new_token": new_token,
-                          "ttl": lease_ttl}, new_token
+    row = conn.execute(q("advance_v1"), {**params, "next": next_node, "next_queue": next_queue,
+                                         "new_token": new_token, "ttl": lease_ttl}).fetchone()
+    if not row[0]:  # type: ignore[index]
+        raise LeaseLost(task.id)
+    return new_token
 
 
 def retry(conn: Conn, task: Task, *, step: str, error: dict[str, Any], delay_ms: int, started_at: datetime,

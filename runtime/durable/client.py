@@ -18,7 +18,6 @@ from typing import Any
 import psycopg
 
 from . import metrics, store
-from .batch import CheckpointBatcher
 from .db import connect, make_pool, q, resolve_url
 from .dsl import REGISTRY
 from .errors import RunNotFound, RunTimeout
@@ -101,7 +100,6 @@ class Client:
         self._watcher: _RunWatcher | None = None
         self._registered: set[str] = set()
         self._definitions = store.DefinitionCache()
-        self._batcher = CheckpointBatcher(self._pool)
         self._lock = threading.Lock()
 
     def __enter__(self) -> Client:
@@ -113,7 +111,6 @@ class Client:
     def close(self) -> None:
         if self._watcher:
             self._watcher.close()
-        self._batcher.close()
         self._pool.close()
 
     def _register_local(self, conn: Any, workflow: str) -> None:
@@ -133,12 +130,9 @@ class Client:
         input_json = dumps(input, what="input", limit=self.settings.limits.max_context_bytes)
         with self._pool.connection() as conn:
             self._register_local(conn, workflow)
-            params = store.prepare_start(conn, workflow, input_json, queue=queue, scheduled_at=scheduled_at,
-                                         idempotency_key=idempotency_key, priority=priority,
-                                         cache=self._definitions)
-        # Outside the connection: concurrent starts from this client share a commit.
-        row = self._batcher.call("start_v1", params)
-        run_id, created = str(row[0]), bool(row[1])
+            run_id, created = store.start_run(conn, workflow, input_json, queue=queue, scheduled_at=scheduled_at,
+                                              idempotency_key=idempotency_key, priority=priority,
+                                              cache=self._definitions)
         if created:
             metrics.RUNS_STARTED.labels(workflow).inc()
         return run_id

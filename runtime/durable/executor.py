@@ -21,7 +21,6 @@ from psycopg_pool import ConnectionPool
 
 from . import checkpoint as cp
 from . import metrics
-from .batch import CheckpointBatcher
 from .context import Context, assign
 from .db import q
 from .dsl import REGISTRY, StepDef, Workflow
@@ -60,7 +59,6 @@ class Executor:
         self.ttl = settings.worker.lease_seconds
         self.max_bytes = settings.limits.max_context_bytes
         self._timeout_pool = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="durable-timed-step")
-        self.batcher = CheckpointBatcher(pool)
 
     # -- dispatch ---------------------------------------------------------------------------------
 
@@ -85,13 +83,6 @@ class Executor:
         return wf
 
     def _checkpoint(self, record: Callable[[Any], T]) -> T:
-        def attempt() -> T:
-            with self.pool.connection() as conn:
-                return record(conn)
-
-        return self._retrying(attempt)
-
-    def _retrying(self, checkpoint: Callable[[], T]) -> T:
         """Run a checkpoint, retrying it (never the step) while the database is unreachable.
 
         Safe because every checkpoint is guarded by the lease token: if an earlier try did commit,
@@ -101,7 +92,8 @@ class Executor:
         give_up = time.monotonic() + self.ttl
         while True:
             try:
-                return checkpoint()
+                with self.pool.connection() as conn:
+                    return record(conn)
             except psycopg.OperationalError as exc:
                 if time.monotonic() > give_up:
                     raise cp.LeaseLost(f"database unreachable for the whole lease: {exc}") from exc
@@ -199,11 +191,9 @@ class Executor:
         nxt = graph.after(at)
         queue = self._queue_of(graph, nxt, task) if nxt else task.queue
         keep = nxt is not None and queue == task.queue
-        name, params, token = cp.advance_call(task, step=recorded, next_node=nxt, next_queue=queue,
-                                              ctx_json=ctx_json, started_at=started_at, worker=self.owner,
-                                              lease_ttl=self.ttl, keep=keep)
-        if not self._retrying(lambda: self.batcher.call(name, params))[0]:
-            raise cp.LeaseLost(task.id)
+        token = self._checkpoint(lambda conn: cp.advance(
+            conn, task, step=recorded, next_node=nxt, next_queue=queue, ctx_json=ctx_json, started_at=started_at,
+            worker=self.owner, lease_ttl=self.ttl, keep=keep))
         if nxt is None:
             metrics.RUNS_FINISHED.labels(graph.wf.name, "succeeded").inc()
             log.info("run succeeded", extra={"action": "run_succeeded", "run_id": task.run_id})

@@ -68,11 +68,12 @@ class DefinitionCache:
         self._queues[name] = time.monotonic()
 
 
-def prepare_start(conn: Conn, workflow: str, input_json: str, *, queue: str | None = None,
-                  scheduled_at: datetime | None = None, idempotency_key: str | None = None, priority: int = 0,
-                  parent: tuple[str, str, int] | None = None, cache: DefinitionCache | None = None) -> dict[str, Any]:
-    """Validate a start (refusing unknown workflows, queues, bad priorities) and return the
-    parameters of the ``start_v1`` call that creates the run."""
+def start_run(conn: Conn, workflow: str, input_json: str, *, queue: str | None = None,
+              scheduled_at: datetime | None = None, idempotency_key: str | None = None, priority: int = 0,
+              parent: tuple[str, str, int] | None = None, cache: DefinitionCache | None = None) -> tuple[str, bool]:
+    """Create a run (or return the existing one for ``idempotency_key``). Returns ``(run_id, created)``.
+
+    One round trip once the definition is cached; safe inside or outside a transaction."""
     cache = cache or DefinitionCache(ttl=0)
     _, hash_, first_step, graph = cache.workflow(conn, workflow)
     queue = queue or graph.get("queue") or "default"
@@ -84,18 +85,12 @@ def prepare_start(conn: Conn, workflow: str, input_json: str, *, queue: str | No
     timeout_ms = graph.get("timeout_ms")
     base = scheduled_at or datetime.now(UTC)
     deadline = base + timedelta(milliseconds=timeout_ms) if timeout_ms else None
-    return {
+    row = conn.execute(q("start_v1"), {
         "id": str(uuid.uuid4()), "workflow": workflow, "hash": hash_, "queue": queue, "priority": priority,
         "input": input_json, "first_step": first_step, "idempotency_key": idempotency_key,
         "parent_id": parent[0] if parent else None, "parent_step": parent[1] if parent else None,
         "parent_wait_idx": parent[2] if parent else None, "scheduled_at": scheduled_at, "deadline": deadline,
-    }
-
-
-def start_run(conn: Conn, workflow: str, input_json: str, **options: Any) -> tuple[str, bool]:
-    """Create a run (or return the existing one for ``idempotency_key``). Returns ``(run_id, created)``.
-    One round trip once the definition is cached; safe inside or outside a transaction."""
-    row = conn.execute(q("start_v1"), prepare_start(conn, workflow, input_json, **options)).fetchone()
+    }).fetchone()
     return str(row[0]), bool(row[1])  # type: ignore[index]
 
 

@@ -131,7 +131,6 @@ class Worker:
             if t.name == "durable-dispatch":
                 t.join(grace)  # no new task may be handed to the slots once they shut down
         self.slots.shutdown(wait=True, cancel_futures=True)
-        self.executor.batcher.close()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.pool.close(timeout=grace)
 
