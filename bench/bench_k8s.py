@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -53,10 +54,19 @@ def _peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=1000)
     p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--trace", action="store_true",
+                   help="Also print where the time goes per resource (the operator's DURABLE_OPERATOR_TRACE).")
+    p.add_argument("--dump", action="store_true", help="Print the first WorkflowRun as stored, at the end.")
+    p.add_argument("--standalone", action="store_true", help="Run the operator without peering.")
     args = p.parse_args()
 
     import kubernetes
@@ -73,12 +83,18 @@ def main() -> None:
         cluster.worker = WorkerProcess(url, cluster.schema, ["bench.bench_k8s"], ["default=32"],
                                        log_path=tmp / "worker.log").start()
         wait_until(lambda: _registered(cluster), timeout=60, what="worker registration")
-        op = cluster.start_operator()
+        trace_path = tmp / "operator-trace.txt"
+        if args.trace:
+            os.environ["DURABLE_OPERATOR_TRACE"] = str(trace_path)
+        op = cluster.start_operator(*(["--standalone"] if args.standalone else []))
+        os.environ.pop("DURABLE_OPERATOR_TRACE", None)
         assert op.proc is not None
 
         seen_created: dict[str, float] = {}
         seen_running: dict[str, float] = {}
         succeeded: dict[str, float] = {}
+        wall_added: dict[str, float] = {}
+        wall_running: dict[str, float] = {}
         stop = threading.Event()
         kubernetes.config.load_kube_config(config_file=str(kube.kubeconfig))
         api = kubernetes.client.CustomObjectsApi()
@@ -92,8 +108,10 @@ def main() -> None:
                     name, phase = obj["metadata"]["name"], (obj.get("status") or {}).get("phase")
                     now = time.monotonic()
                     seen_created.setdefault(name, now)
+                    wall_added.setdefault(name, time.time())
                     if phase and phase != "Pending":
                         seen_running.setdefault(name, now)
+                        wall_running.setdefault(name, time.time())
                     if phase == "Succeeded":
                         succeeded.setdefault(name, now)
 
@@ -102,12 +120,15 @@ def main() -> None:
                             "metadata": {"name": f"bench-{i:05d}"},
                             "spec": {"workflow": "bench_three_steps", "input": {"n": i}}})
                 for i in range(args.runs)]
+        procs = {"operator": op.proc.pid, "kube-apiserver": kube._apiserver.pid if kube._apiserver else 0}
+        cpu0 = {k: _cpu_seconds(v) for k, v in procs.items() if v}
         t0, wall0 = time.monotonic(), time.time()
         cluster.kubectl("apply", "--server-side", "-f", "-", input="\n---\n".join(docs))
         t_applied = time.monotonic() - t0
         wait_until(lambda: len(succeeded) >= args.runs, timeout=args.timeout, interval=0.2,
                    what=f"{args.runs} runs Succeeded")
         t_all = max(succeeded.values()) - t0
+        cpu = {k: _cpu_seconds(procs[k]) - v for k, v in cpu0.items()}
         stop.set()
         lat = sorted(v - t0 for v in seen_running.values())
         own = sorted(v - seen_created.get(k, t0) for k, v in seen_running.items())
@@ -145,9 +166,56 @@ def main() -> None:
         print(f"API writes per run:           {per_run}")
         print(f"status patches per run:       {patches / args.runs:.2f}  (reflector; +1 from the start handler)")
         print(f"operator peak RSS:            {peak:.0f} MB")
+        print("CPU until all Succeeded:      " + ", ".join(f"{k} {v:.1f} s ({v / t_all:.0%})" for k, v in cpu.items())
+              + f"; load average {os.getloadavg()[0]:.2f}")
+        if args.dump:
+            obj = cluster.kubectl("get", "wfr", "bench-00000", "-o", "json").stdout
+            print(f"stored object ({len(obj)} bytes):\n{obj}")
     finally:
         cluster.stop()
         kube.stop()
+    if args.trace:
+        _breakdown(trace_path, wall_added, wall_running)
+
+
+def _breakdown(path: Path, added: dict[str, float], running: dict[str, float]) -> None:
+    """Per resource: watch ADDED -> start handler -> run created -> ... -> first non-Pending status on the watch."""
+    first: dict[str, dict[str, float]] = {}
+    patches: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        key, stage, at = parts[0].split("/", 1)[1], parts[1], float(parts[2])
+        phase = parts[3] if len(parts) > 3 else ""
+        if stage == "acked":
+            patches.setdefault(key, []).append(phase)
+            if phase != "Pending":
+                first.setdefault(key, {}).setdefault("acked-running", at)
+        if stage == "sent" and phase != "Pending":
+            first.setdefault(key, {}).setdefault("sent-running", at)
+        first.setdefault(key, {}).setdefault(stage, at)
+    for key, at in added.items():
+        first.setdefault(key, {})["ADDED"] = at
+    for key, at in running.items():
+        first.setdefault(key, {})["Running on watch"] = at
+    steps = [("ADDED", "kopf-event"), ("kopf-event", "seen"), ("ADDED", "seen"), ("seen", "started"),
+             ("started", "start-patched"), ("started", "sync"),
+             ("sync", "read"), ("read", "sent"), ("sent", "acked"), ("started", "sent-running"),
+             ("sent-running", "acked-running"), ("acked-running", "Running on watch"),
+             ("ADDED", "Running on watch")]
+    print("breakdown per resource (p50 / p95 / max, seconds):")
+    for a, b in steps:
+        d = sorted(v[b] - v[a] for v in first.values() if a in v and b in v)
+        if len(d) >= 2:
+            q = statistics.quantiles(d, n=100)
+            print(f"  {a:>16} -> {b:<17} {q[49]:6.2f} / {q[94]:6.2f} / {d[-1]:6.2f}   (n={len(d)})")
+    seqs: dict[str, int] = {}
+    for phases in patches.values():
+        seqs[" > ".join(phases)] = seqs.get(" > ".join(phases), 0) + 1
+    print("reflector status patches per resource, by phases written:")
+    for seq, n in sorted(seqs.items(), key=lambda kv: -kv[1])[:6]:
+        print(f"  {n:5d}  {seq}")
 
 
 def _registered(cluster: Any) -> bool:

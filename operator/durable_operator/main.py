@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import logging
 import os
 import random
@@ -24,7 +25,7 @@ from prometheus_client import start_http_server
 from durable import Client
 from durable.logs import setup as setup_logs
 
-from . import runs, schedules  # noqa: F401  (registers the Kopf handlers)
+from . import runs, schedules, trace  # noqa: F401  (registers the Kopf handlers)
 from .app import App, get_app, set_app
 from .constants import FINALIZER, PEERING_NAME
 from .deliveries import Deliverer
@@ -53,12 +54,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class SpecDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """Kopf's "essence" (what update handlers compare) without metadata, built without deep-copying the whole
+    object first: Kopf builds it on every watch event, and the status and managedFields it would copy and then
+    drop are most of a WorkflowRun. Equal to Kopf's own result when ``metadata`` is ignored."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        skipped = ("apiVersion", "kind", "metadata", "status")
+        # Extra fields (of field-filtered handlers: ``spec``) under a kept stanza are copied anyway.
+        if any(not path or path[0] in skipped for path in extra_fields or ()) or self.ignored_fields != ["metadata"]:
+            return super().build(body=body, extra_fields=extra_fields)
+        essence = {key: copy.deepcopy(value) for key, value in body.items()
+                   if key not in skipped}
+        self.remove_empty_stanzas(cast(kopf.BodyEssence, essence))
+        return cast(kopf.BodyEssence, essence)
+
+
 def configure(settings: kopf.OperatorSettings, args: argparse.Namespace) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="durable.dev")
     # Only spec changes matter to the handlers: without ignoring metadata, the completed label (and any
     # label a user adds) would make Kopf re-write this annotation, one more PATCH per run.
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = SpecDiffBase(
         prefix="durable.dev", key="last-handled-configuration", ignored_fields=["metadata"])
     # Watches end every few minutes on their own; a silent connection is dropped after client_timeout.
     # Kopf re-lists on 410 Gone and reconnects with back-off after API server restarts.
@@ -95,17 +112,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.metrics_port:
         start_http_server(args.metrics_port)
 
-    kube = KubeApi(pool_size=48)  # the reflector's workers patch concurrently
+    kube = KubeApi(pool_size=128)  # the reflector's workers patch concurrently
     if not args.standalone:
         ensure_peering_object(kube, args.peering, [] if args.all_namespaces else args.namespaces)
-    client = Client(pool_size=12)
-    reflector = Reflector(client, kube, resync=args.resync_seconds, active=args.standalone)
+    client = Client(pool_size=12)  # starts, deliveries, cancellation: never queued behind the reflector's reads
+    reader = Client(pool_size=16)  # the reflector's
+    reflector = Reflector(reader, kube, resync=args.resync_seconds, active=args.standalone, workers=96)
     set_app(App(client=client, kube=kube, reflector=reflector, deliverer=Deliverer(client)))
 
     @kopf.on.startup()
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings, args)
-        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(48, thread_name_prefix="durable-op"))
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(128, thread_name_prefix="durable-op"))
         await reflector.start()
         bg = [asyncio.create_task(schedules.Scheduler(kube).run(), name="scheduler")]
         if not args.standalone:
@@ -123,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
             task.cancel()
         await get_app().reflector.stop()
         await asyncio.to_thread(get_app().client.close)
+        await asyncio.to_thread(reader.close)
+        trace.flush()
 
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     try:

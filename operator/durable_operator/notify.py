@@ -29,7 +29,7 @@ import psycopg
 from durable import Client, RunNotFound
 from durable.db import connect
 
-from . import metrics
+from . import metrics, trace
 from .constants import API_VERSION, FINALIZER, LABEL_COMPLETED, RUN_KIND, TERMINAL_PHASES
 from .kube import KubeApi, Transient, ref_of
 from .status import RENDERED_KEYS, render
@@ -48,6 +48,20 @@ class Tracked:
     next_allowed: float = 0.0  # loop time before which we do not patch again
     labelled: bool = False
     finalizers: list[str] | None = None  # as last seen on the watch (None: not seen yet)
+    extra: dict[str, Any] | None = None  # fields to add to our next status patch (the start handler's)
+    since: float = 0.0  # loop time when tracking began
+
+
+@dataclass
+class _Outcome:
+    """What one sync on a thread did, for the bookkeeping on the loop."""
+
+    action: str  # "done", "gone" (run or resource deleted), "standby", "defer" (a new run, not written yet)
+    status: dict[str, Any] | None = None
+    digest: str | None = None
+    patched: bool = False
+    resource_version: int = 0
+    extra_sent: dict[str, Any] | None = None
 
 
 def _digest(status: dict[str, Any]) -> str:
@@ -56,15 +70,20 @@ def _digest(status: dict[str, Any]) -> str:
 
 class Reflector:
     def __init__(self, client: Client, kube: KubeApi, *, min_interval: float = 0.3, resync: float = 30.0,
-                 workers: int = 32, active: bool = True) -> None:
+                 workers: int = 32, active: bool = True, first_grace: float = 0.3) -> None:
         self.client = client
         self.kube = kube
         self.min_interval = min_interval
         self.resync = resync
         self.workers = workers
+        self.first_grace = first_grace
         # With peering, start as a standby (as Kopf does) until :mod:`peering` has read the peering object.
         self.active = active
         self._tracked: dict[str, Tracked] = {}
+        # Runs whose terminal status we wrote. Watch events of our own earlier writes (the completed label,
+        # Kopf's patches) still arrive after that, showing an older status: they must not re-track the run
+        # (one more read, status patch and Event per run). Bounded; insertion-ordered, oldest dropped first.
+        self._finished: dict[str, int] = {}  # run id -> resourceVersion of our terminal status write
         self._dirty: dict[str, None] = {}  # insertion-ordered: the longest-waiting run goes first
         self._inflight: set[str] = set()
         self._wake = asyncio.Event()
@@ -72,25 +91,37 @@ class Reflector:
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._side: set[asyncio.Task[None]] = set()  # Events being posted
         self._thread: threading.Thread | None = None
 
     # ---- registration (event loop thread) -------------------------------------------------
 
     def track(self, run_id: str, namespace: str, name: str, uid: str | None, *,
-              observed: Mapping[str, Any] | None = None, labelled: bool = False) -> None:
+              observed: Mapping[str, Any] | None = None, labelled: bool = False,
+              resource_version: str | None = None, extra: Mapping[str, Any] | None = None) -> None:
         """Reflect this run into that resource. ``observed``: the resource's current status, if known,
         so an operator restart does not re-patch statuses that are already up to date. Runs tracked
-        while on standby are kept (Kopf may resume and re-list before we notice) but not patched."""
+        while on standby are kept (Kopf may resume and re-list before we notice) but not patched.
+        ``extra``: status fields to write with the first patch (the start handler leaves ``runId`` and
+        ``observedGeneration`` to it, so a new run costs one status patch, not two)."""
         t = self._tracked.get(run_id)
         if t is None:
-            t = Tracked(namespace, name, uid, labelled=labelled)
+            done = self._finished.get(run_id)
+            if done is not None and (not resource_version or not resource_version.isdigit()
+                                     or int(resource_version) <= done):
+                return  # an event older than our terminal write (someone overwriting it later is re-tracked)
+            t = Tracked(namespace, name, uid, labelled=labelled, since=self._now())
             if observed is not None:
                 t.phase = observed.get("phase")
                 t.digest = _digest({k: observed.get(k) for k in RENDERED_KEYS})
             self._tracked[run_id] = t
             metrics.TRACKED_RUNS.set(len(self._tracked))
             self.mark(run_id)
+        if extra:
+            t.extra = {**(t.extra or {}), **extra}
+            self.mark(run_id)
+
+    def _now(self) -> float:
+        return self._loop.time() if self._loop is not None else 0.0
 
     def is_tracked(self, run_id: str) -> bool:
         return run_id in self._tracked
@@ -108,6 +139,15 @@ class Reflector:
         if int(resource_version) > t.resource_version and run_id not in self._inflight:
             t.digest = None
             self.mark(run_id)
+
+    def finished(self, run_id: str, resource_version: int) -> None:
+        """Its terminal status is written: forget it, and ignore stale watch events that would track it again."""
+        self.forget(run_id)
+        self._finished[run_id] = resource_version
+        if len(self._finished) > self.FINISHED_MEMORY:
+            del self._finished[next(iter(self._finished))]
+
+    FINISHED_MEMORY = 50_000
 
     def forget(self, run_id: str) -> None:
         self._tracked.pop(run_id, None)
@@ -134,6 +174,7 @@ class Reflector:
         else:  # Kopf re-lists every resource when it resumes this replica; start from that
             self._tracked.clear()
             self._dirty.clear()
+            self._finished.clear()
             metrics.TRACKED_RUNS.set(0)
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -237,43 +278,74 @@ class Reflector:
                 self._wake.set()
 
     async def _sync(self, run_id: str, t: Tracked) -> None:
+        """Read, render and write one run: all of it in ONE trip to a thread (the loop also runs Kopf, and
+        every hop to a thread and back costs it a wake-up), the bookkeeping back on the loop."""
         loop = asyncio.get_running_loop()
-        try:
-            run = await asyncio.to_thread(self.client.get, run_id)
-        except RunNotFound:
+        key = f"{t.namespace}/{t.name}"
+        trace.mark(key, "sync")
+        # A new run is usually taken by a worker within milliseconds, and short ones end soon after: rather
+        # than Pending, then Running, then Succeeded a moment apart (a status patch, an Event and a watch
+        # event each), a run never written yet waits for its next notification (or the grace period).
+        defer_until = t.since + self.first_grace if t.phase is None else None
+        out = await asyncio.to_thread(self._sync_blocking, run_id, t, key, defer_until)
+        if out.action == "gone":
             self.forget(run_id)
             return
+        if out.action == "defer":
+            assert defer_until is not None
+            loop.call_at(defer_until, self.mark, run_id)
+            return
+        if out.action == "standby":
+            return
+        assert out.status is not None
+        if out.patched:
+            t.resource_version = out.resource_version
+            t.digest = out.digest
+            if t.extra is out.extra_sent:
+                t.extra = None
+            t.next_allowed = loop.time() + self.min_interval
+            t.phase = out.status["phase"]
+        if out.status["phase"] in TERMINAL_PHASES:
+            self.finished(run_id, t.resource_version)
+
+    def _sync_blocking(self, run_id: str, t: Tracked, key: str, defer_until: float | None) -> _Outcome:
+        """On a thread: the database read, the label patch of a finished run, the status patch, the Event."""
+        try:
+            run = self.client.get(run_id)
+        except RunNotFound:
+            return _Outcome("gone")
         status = render(run)
         digest = _digest(status)
+        trace.mark(key, "read", status["phase"])
         if not self.active:
-            return  # lost the lead while reading: a standby never patches
+            return _Outcome("standby")  # lost the lead while reading: a standby never patches
         terminal = status["phase"] in TERMINAL_PHASES
+        if not terminal and defer_until is not None and time.monotonic() < defer_until:  # = loop.time()
+            return _Outcome("defer")
         if terminal and not t.labelled:
-            await self._complete(t)
-        if digest != t.digest:
-            t0 = time.perf_counter()
-            try:
-                body = await asyncio.to_thread(self.kube.patch_run_status, t.namespace, t.name, status)
-            except Exception as exc:
-                if getattr(exc, "status", None) == 404:  # the resource is gone
-                    self.forget(run_id)
-                    return
-                raise
-            metrics.STATUS_PATCH_SECONDS.observe(time.perf_counter() - t0)
-            metrics.STATUS_PATCHES.labels("reflector").inc()
-            rv = str(body.get("metadata", {}).get("resourceVersion", "0"))
-            t.resource_version = int(rv) if rv.isdigit() else 0
-            t.digest = digest
-            t.next_allowed = loop.time() + self.min_interval
-            if status["phase"] != t.phase:  # posted off the worker: the next status patch need not wait
-                task = asyncio.create_task(self._post_phase_event(t, status))
-                self._side.add(task)
-                task.add_done_callback(self._side.discard)
-            t.phase = status["phase"]
-        if terminal:
-            self.forget(run_id)
+            self._complete(t)
+        out = _Outcome("done", status=status, digest=digest)
+        if digest == t.digest and not t.extra:
+            return out
+        t0 = time.perf_counter()
+        trace.mark(key, "sent", status["phase"])
+        extra = t.extra
+        try:
+            body = self.kube.patch_run_status(t.namespace, t.name, {**status, **extra} if extra else status)
+        except Exception as exc:
+            if getattr(exc, "status", None) == 404:  # the resource is gone
+                return _Outcome("gone")
+            raise
+        trace.mark(key, "acked", status["phase"])
+        metrics.STATUS_PATCH_SECONDS.observe(time.perf_counter() - t0)
+        metrics.STATUS_PATCHES.labels("reflector").inc()
+        rv = str(body.get("metadata", {}).get("resourceVersion", "0"))
+        out.patched, out.resource_version, out.extra_sent = True, int(rv) if rv.isdigit() else 0, extra
+        if status["phase"] != t.phase:
+            self._post_phase_event(t, status)
+        return out
 
-    async def _complete(self, t: Tracked) -> None:
+    def _complete(self, t: Tracked) -> None:
         """Label a finished run and drop the finalizer in ONE patch, before the terminal status is written
         (``runs.run_is_active`` reads the label, so Kopf neither removes nor re-adds the finalizer)."""
         metadata: dict[str, Any] = {"labels": {LABEL_COMPLETED: "true"}}
@@ -281,13 +353,13 @@ class Reflector:
             rest = [f for f in t.finalizers if f != FINALIZER]
             metadata["finalizers"] = rest or None
         try:
-            await asyncio.to_thread(self.kube.patch_run, t.namespace, t.name, {"metadata": metadata})
+            self.kube.patch_run(t.namespace, t.name, {"metadata": metadata})
         except Exception as exc:
             if getattr(exc, "status", None) != 404:
                 raise
         t.labelled = True
 
-    async def _post_phase_event(self, t: Tracked, status: dict[str, Any]) -> None:
+    def _post_phase_event(self, t: Tracked, status: dict[str, Any]) -> None:
         phase = status["phase"]
         failed = phase in TERMINAL_PHASES and phase != "Succeeded"
         message = status.get("message") or f"run {status['runId']} is {phase.lower()}"
@@ -295,6 +367,6 @@ class Reflector:
             message = f"run {status['runId']} succeeded ({status.get('progress') or 'done'})"
         ref = ref_of(t.namespace, t.name, t.uid, RUN_KIND, API_VERSION)
         try:
-            await asyncio.to_thread(self.kube.post_event, ref, "Warning" if failed else "Normal", phase, message)
+            self.kube.post_event(ref, "Warning" if failed else "Normal", phase, message)
         except Exception as exc:  # an Event is best effort; the status already says it
             log.info("could not post event: %s", exc, extra={"action": "event"})

@@ -24,7 +24,7 @@ from psycopg_pool import PoolTimeout
 
 from durable import InvalidInput, RunNotActive, RunNotFound, UnknownQueue, WorkflowNotFound
 
-from . import metrics
+from . import metrics, trace
 from .app import get_app
 from .constants import API_VERSION, FINALIZER, GROUP, LABEL_COMPLETED, RUN_KIND, RUNS, TERMINAL_PHASES, VERSION
 from .kube import Transient, ref_of
@@ -33,6 +33,7 @@ from .status import failed_to_start
 log = logging.getLogger("durable_operator.runs")
 RUN = (GROUP, VERSION, RUNS)
 _ttl_timers: dict[str, asyncio.TimerHandle] = {}
+_trace_seen: set[str] = set()
 
 
 def run_is_active(status: kopf.Status, meta: kopf.Meta, **_: Any) -> bool:
@@ -176,6 +177,7 @@ async def reconcile(spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name:
     if not run_id:
         if status.get("phase") in TERMINAL_PHASES:
             return  # refused at creation; nothing to forward to
+        trace.mark(f"{namespace}/{name}", "seen")
         try:
             run_id = await _start(spec, namespace, uid)
         except StartRefused as exc:
@@ -184,17 +186,28 @@ async def reconcile(spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name:
             patch.metadata.labels[LABEL_COMPLETED] = "true"
             await _post(namespace, name, uid, "Warning", exc.reason, str(exc))
             return
-        patch.status["runId"] = run_id
-        patch.status["workflow"] = spec["workflow"]
+        trace.mark(f"{namespace}/{name}", "started")
         # Hold the finalizer from now on, in the same request as Kopf's own annotation (Kopf would
         # otherwise add it with one more patch on the next event, once status.runId is there).
         finalizers = list(meta.get("finalizers") or [])
         if FINALIZER not in finalizers:
-            patch.metadata["finalizers"] = [*finalizers, FINALIZER]
+            finalizers.append(FINALIZER)
+            patch.metadata["finalizers"] = finalizers
+        # runId, workflow and observedGeneration go out with the reflector's first status patch, which
+        # follows within a moment: a new run costs one status patch instead of Kopf's plus ours.
+        app.reflector.track(run_id, namespace, name, uid, observed=status,
+                            extra={"runId": run_id, "workflow": spec["workflow"],
+                                   "observedGeneration": meta.get("generation")})
+        app.reflector.observed(run_id, status.get("phase"), None, finalizers)
+        await _forward(run_id, spec, status, patch, namespace, name, uid)
+        if patch.get("status"):  # deliveries recorded: Kopf patches status anyway, so say everything there
+            patch.status["runId"] = run_id
+            patch.status["workflow"] = spec["workflow"]
+            patch.status["observedGeneration"] = meta.get("generation")
+        return
     if status.get("phase") not in TERMINAL_PHASES or meta.get("labels", {}).get(LABEL_COMPLETED) != "true":
         app.reflector.track(run_id, namespace, name, uid, observed=status)
-        app.reflector.observed(run_id, status.get("phase"), None,
-                               patch.metadata.get("finalizers", meta.get("finalizers") or []))
+        app.reflector.observed(run_id, status.get("phase"), None, meta.get("finalizers") or [])
     await _forward(run_id, spec, status, patch, namespace, name, uid)
     patch.status["observedGeneration"] = meta.get("generation")
 
@@ -215,7 +228,23 @@ async def cancel_on_delete(status: kopf.Status, name: str, namespace: str | None
     app.reflector.forget(run_id)
 
 
-@kopf.on.event(*RUN, id="observe")
+def _observe_needed(event: kopf.RawEvent, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
+                    namespace: str | None, name: str | None, **_: Any) -> bool:
+    """Kopf's filter for :func:`observe`: most events (our own patches of a new or finished run) need nothing,
+    and a plain filter costs far less than a handler invocation, on thousands of events per second."""
+    if event.get("type") == "DELETED":
+        return True
+    if not status.get("runId"):
+        if trace.enabled:
+            trace.mark(f"{namespace}/{name}", "kopf-event")
+        return False
+    if status.get("phase") in TERMINAL_PHASES and meta.get("labels", {}).get(LABEL_COMPLETED) == "true":
+        # Finished and labelled: the reflector is done with it; only a TTL may still need a timer.
+        return spec.get("ttlSecondsAfterFinished") is not None and f"{namespace}/{name}" not in _ttl_timers
+    return True
+
+
+@kopf.on.event(*RUN, id="observe", when=_observe_needed)
 async def observe(event: kopf.RawEvent, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
                   namespace: str | None, uid: str, **_: Any) -> None:
     """Every watch event (incl. the listing after a restart or a peering pause): keep the reflector's map."""
@@ -232,11 +261,15 @@ async def observe(event: kopf.RawEvent, spec: kopf.Spec, status: kopf.Status, me
         return
     if not run_id:
         return
+    if trace.enabled and key not in _trace_seen:
+        _trace_seen.add(key)
+        trace.mark(key, "start-patched")
     phase = status.get("phase")
     labelled = meta.get("labels", {}).get(LABEL_COMPLETED) == "true"
     if phase not in TERMINAL_PHASES or not labelled:
         if not app.reflector.is_tracked(run_id):
-            app.reflector.track(run_id, namespace, name, uid, observed=status, labelled=labelled)
+            app.reflector.track(run_id, namespace, name, uid, observed=status, labelled=labelled,
+                                resource_version=meta.get("resourceVersion"))
         app.reflector.observed(run_id, phase, meta.get("resourceVersion"), meta.get("finalizers"))
     ttl = spec.get("ttlSecondsAfterFinished")
     if ttl is not None and phase in TERMINAL_PHASES and status.get("finishedAt") and key not in _ttl_timers:
