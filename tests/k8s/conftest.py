@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,12 +124,15 @@ class Cluster:
 
     # ---- processes ---------------------------------------------------------------------------
 
-    def start_worker(self) -> WorkerProcess:
-        self.worker = WorkerProcess(self.url, self.schema, EXAMPLE_APPS, ["default=16"],
+    def start_worker(self, extra_apps: Sequence[str] = (), extra_workflows: Sequence[str] = ()) -> WorkerProcess:
+        """``extra_apps``: more modules for the worker (a test module's ``WORKER_APPS``); ``extra_workflows``:
+        names they define, waited for like the examples' (a test module's ``WORKER_WORKFLOWS``)."""
+        self.worker = WorkerProcess(self.url, self.schema, [*EXAMPLE_APPS, *extra_apps], ["default=16"],
                                     log_path=self.tmp / "worker.log").start()
         def registered() -> bool:
             try:
-                return bool(self.sql("SELECT count(*) FROM workflows")[0][0] >= 8)
+                return bool(self.sql("SELECT count(*) FROM workflows")[0][0] >= 8) and all(
+                    self.sql("SELECT count(*) FROM workflows WHERE name = %s", w)[0][0] for w in extra_workflows)
             except psycopg.errors.UndefinedTable:
                 return False  # the worker has not migrated the schema yet
 
@@ -200,11 +203,14 @@ def run_manifest(name: str, workflow: str, input: dict[str, Any] | None = None, 
 
 
 @pytest.fixture(scope="module")
-def cluster(database_url: str, schema: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(database_url: str, schema: str, tmp_path_factory: pytest.TempPathFactory,
+            request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """A test module may set ``WORKER_APPS`` (extra modules for the worker, e.g. ``tests.k8s.apps``) and
+    ``WORKER_WORKFLOWS`` (the workflow names they register, waited for before the tests start)."""
     kube = start_kube()
     c = Cluster(kube, database_url, schema, tmp_path_factory.mktemp("k8s"))
     try:
-        c.start_worker()
+        c.start_worker(getattr(request.module, "WORKER_APPS", ()), getattr(request.module, "WORKER_WORKFLOWS", ()))
         c.start_operator("--priority", str(LEADER_PRIORITY))
         yield c
     finally:

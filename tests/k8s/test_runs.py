@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime
+from typing import Any
 
 import pytest
 from tests.support import ROOT
@@ -11,6 +18,8 @@ from conftest import Cluster, run_manifest
 
 pytestmark = pytest.mark.k8s
 EXAMPLES = ROOT / "examples" / "k8s"
+WORKER_APPS = ["tests.k8s.apps"]  # the module's worker also runs the workflows of tests/k8s/apps.py
+WORKER_WORKFLOWS = ["k8s_big_result", "k8s_fails"]
 
 
 def test_examples_reach_succeeded_with_columns(cluster: Cluster) -> None:
@@ -126,3 +135,114 @@ def test_invalid_specs_are_refused_by_the_api_server(cluster: Cluster) -> None:
     bad = cluster.kubectl("patch", "wfr", "immutable", "--type", "merge", "-p", '{"spec":{"workflow":"x"}}',
                           check=False)
     assert bad.returncode != 0 and "spec.workflow is immutable" in bad.stderr
+
+
+# ---- helpers of the tests below ----------------------------------------------------------------------
+
+def engine_run(cluster: Cluster, run_id: str) -> dict[str, Any]:
+    """The run as the engine's CLI shows it (``durable runs get -o json``), independent of Kubernetes."""
+    env = {**os.environ, "DURABLE_DATABASE_URL": cluster.url, "DURABLE_SCHEMA": cluster.schema,
+           "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "durable.cli", "-o", "json", "runs", "get", run_id], env=env,
+                         cwd=ROOT, capture_output=True, text=True, timeout=60, check=True).stdout
+    return dict(json.loads(out))
+
+
+REASON = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")  # the API conventions' (metav1.Condition)
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
+
+
+def conditions_of(st: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert len(conds) == len(st["conditions"]) == 2 and set(conds) == {"Accepted", "Succeeded"}, st["conditions"]
+    for c in conds.values():
+        assert c["status"] in ("True", "False", "Unknown"), c
+        assert REASON.match(c["reason"]), c
+        assert isinstance(c["message"], str) and c["message"], c
+        assert RFC3339.match(c["lastTransitionTime"]), c
+    return conds
+
+
+# ---- TTL, conditions, truncated result, inputFrom a Secret -------------------------------------------
+
+def test_ttl_deletes_the_finished_resource_but_not_the_run(cluster: Cluster) -> None:
+    # A run that waits for approval: its runId is read while it is active, however slow the machine.
+    cluster.apply(run_manifest("ttl-expense", "expense_approval", {"employee_id": "t1", "amount": 99},
+                               ttlSecondsAfterFinished=2))
+    cluster.apply(run_manifest("no-ttl-order", "process_order", {"id": "t2", "items": [{"price": 3}]}))
+    run_id = cluster.wait_phase("ttl-expense", "Waiting")["runId"]
+    cluster.kubectl("patch", "wfr", "ttl-expense", "--type", "merge", "-p",
+                    '{"spec":{"inputs":{"manager":"approved"}}}')
+    cluster.wait_until(lambda: not cluster.exists("wfr", "ttl-expense"), timeout=30,
+                       what="ttlSecondsAfterFinished=2 to delete wfr/ttl-expense")
+    gone = time.time()
+    # The engine's run outlives its resource: still queryable, finished (not cancelled by the deletion),
+    # and it was finished at least the TTL before the resource went.
+    run = engine_run(cluster, str(run_id))
+    assert run["status"] == "succeeded" and run["result"]["status"] == "reimbursed", run
+    finished = datetime.fromisoformat(run["finished_at"].replace("Z", "+00:00")).timestamp()
+    assert gone - finished >= 1.9, (gone, run["finished_at"])
+    # Without a TTL, a finished run stays.
+    assert cluster.wait_phase("no-ttl-order", "Succeeded")
+    assert cluster.exists("wfr", "no-ttl-order")
+
+
+def test_conditions_follow_the_api_conventions(cluster: Cluster) -> None:
+    cluster.apply(run_manifest("cond-ok", "process_order", {"id": "c1", "items": [{"price": 1}]}))
+    cluster.apply(run_manifest("cond-fail", "k8s_fails", {"why": "the flux capacitor is empty"}))
+    cluster.apply(run_manifest("cond-wait", "expense_approval", {"employee_id": "c3", "amount": 7}))
+
+    ok = cluster.wait_phase("cond-ok", "Succeeded")
+    conds = conditions_of(ok)
+    assert conds["Accepted"]["status"] == "True" and conds["Accepted"]["reason"] == "RunStarted"
+    assert ok["runId"] in conds["Accepted"]["message"]
+    assert conds["Succeeded"]["status"] == "True" and conds["Succeeded"]["reason"] == "Succeeded"
+    assert conds["Succeeded"]["lastTransitionTime"] == ok["finishedAt"]
+
+    failed = cluster.wait_phase("cond-fail", ("Failed", "Succeeded"))
+    assert failed["phase"] == "Failed", failed
+    conds = conditions_of(failed)
+    assert conds["Accepted"]["status"] == "True"  # it ran: the workflow failed, not the start
+    assert conds["Succeeded"]["status"] == "False" and conds["Succeeded"]["reason"] == "Failed"
+    assert "the flux capacitor is empty" in conds["Succeeded"]["message"]
+    assert failed["error"]["step"] == "explode" and failed["error"]["type"] == "ValueError"
+
+    waiting = cluster.wait_phase("cond-wait", "Waiting")
+    conds = conditions_of(waiting)
+    assert conds["Accepted"]["status"] == "True"
+    assert conds["Succeeded"]["status"] == "Unknown" and conds["Succeeded"]["reason"] == "Waiting"
+    cluster.kubectl("delete", "wfr", "cond-wait", "--timeout=30s")
+
+
+def test_large_result_is_marked_truncated(cluster: Cluster) -> None:
+    cluster.apply(run_manifest("big-result", "k8s_big_result", {"kib": 24}))
+    cluster.apply(run_manifest("small-result", "k8s_big_result", {"kib": 8}))
+    big = cluster.wait_phase("big-result", ("Succeeded", "Failed"))
+    assert big["phase"] == "Succeeded", big
+    assert big["resultTruncated"] is True and big["resultBytes"] > 24 * 1024
+    assert big.get("result") is None, "a result over 16 KiB must not be copied into status"
+    assert conditions_of(big)["Succeeded"]["status"] == "True"
+    # The whole result is read with the client.
+    assert len(engine_run(cluster, big["runId"])["result"]["blob"]) == 24 * 1024
+    small = cluster.wait_phase("small-result", "Succeeded")
+    assert not small.get("resultTruncated") and len(small["result"]["blob"]) == 8 * 1024
+    assert small["resultBytes"] > 8 * 1024
+
+
+def test_input_from_a_secret(cluster: Cluster) -> None:
+    order = json.dumps({"id": "s-1", "items": [{"price": 4}, {"price": 6}]})
+    cluster.kubectl("create", "secret", "generic", "order-secret", f"--from-literal=input.json={order}",
+                    "--from-literal=broken.json={not json")
+    cluster.apply(run_manifest("from-secret", "process_order",
+                               inputFrom={"secretKeyRef": {"name": "order-secret", "key": "input.json"}}))
+    cluster.apply(run_manifest("from-bad-secret", "process_order",
+                               inputFrom={"secretKeyRef": {"name": "order-secret", "key": "broken.json"}}))
+    st = cluster.wait_phase("from-secret", ("Succeeded", "Failed"))
+    assert st["phase"] == "Succeeded", st
+    assert st["result"]["order_id"] == "s-1" and st["result"]["total"] == 10
+    assert engine_run(cluster, st["runId"])["input"] == json.loads(order)
+    assert "input" not in cluster.get("wfr", "from-secret")["spec"]
+    bad = cluster.wait_phase("from-bad-secret", ("Failed", "Succeeded"))
+    assert bad["phase"] == "Failed" and bad["error"]["type"] == "InvalidInput", bad
+    assert "order-secret" in bad["message"] and "not JSON" in bad["message"]
+    assert {c["type"]: c["reason"] for c in bad["conditions"]}["Accepted"] == "InvalidInput"

@@ -1,4 +1,5 @@
-"""WorkflowSchedule end to end: runs on time with deterministic names, Forbid, suspend, history limits.
+"""WorkflowSchedule end to end: runs on time with deterministic names, Forbid, Replace, suspend, history
+limits, startingDeadlineSeconds.
 
 Schedules use a sixth (seconds) cron field so the tests take seconds, not minutes.
 """
@@ -6,7 +7,9 @@ Schedules use a sixth (seconds) cron field so the tests take seconds, not minute
 from __future__ import annotations
 
 import json
+import re
 import time
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -76,3 +79,67 @@ def test_forbid_skips_ticks_while_a_run_is_active(cluster: Cluster) -> None:
     cluster.wait_until(lambda: len(runs_of(cluster, "approvals")) >= 2 or None, timeout=20,
                        what="a new run once the active one finished")
     cluster.kubectl("delete", "wfs", "approvals")
+
+
+def _when(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _suspended(cluster: Cluster, name: str) -> bool:
+    conds = (cluster.get("wfs", name).get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["reason"] == "Suspended" for c in conds)
+
+
+def test_replace_cancels_the_active_run_at_the_next_tick(cluster: Cluster) -> None:
+    cluster.apply(schedule("replacer", "expense_approval", "* * * * * */2", concurrencyPolicy="Replace",
+                           input={"employee_id": "e7", "amount": 5}))
+    cluster.wait_until(lambda: len(runs_of(cluster, "replacer")) >= 2, timeout=30, what="a second tick")
+    cluster.kubectl("patch", "wfs", "replacer", "--type", "merge", "-p", '{"spec":{"suspend":true}}')
+    cluster.wait_until(lambda: _suspended(cluster, "replacer"), timeout=15, what="the schedule to be suspended")
+    names = [r["metadata"]["name"] for r in runs_of(cluster, "replacer")]
+    assert len(names) >= 2
+    # Every run but the newest was cancelled by the tick after it; the newest one is left running.
+    for name in names[:-1]:
+        st = cluster.wait_phase(name, ("Cancelled", "Succeeded", "Failed"))
+        assert st["phase"] == "Cancelled", (name, st)
+        by = re.search(r"replaced by replacer-(\d+) \(concurrencyPolicy: Replace\)", st["message"])
+        assert by and int(by.group(1)) > int(name.rsplit("-", 1)[1]), st["message"]
+    assert cluster.wait_phase(names[-1], "Waiting")["waitingFor"]["name"] == "manager"
+    ids = [cluster.status(n)["runId"] for n in names]
+    engine = dict(cluster.sql("SELECT id::text, status FROM executions WHERE id::text = ANY(%s)", ids))
+    assert [engine[i] for i in ids] == ["cancelled"] * (len(ids) - 1) + ["waiting"], engine
+    cluster.kubectl("delete", "wfs", "replacer", "--timeout=30s")
+
+
+def test_only_the_latest_missed_tick_inside_the_deadline_is_caught_up(cluster: Cluster) -> None:
+    # Two schedules created suspended, with a cron that does not fire soon; then given three ticks just
+    # after their creation (creationTimestamp counts as handled), all missed while suspended. Unsuspended
+    # once those ticks are past: with a generous deadline only the latest one is caught up; with a 1 s
+    # deadline (exceeded by construction) none is. Ticks are fixed seconds, so a slow machine only
+    # delays the evaluation, never changes the expected outcome.
+    yearly = "0 0 1 1 *"
+    cluster.apply(schedule("catchup", "process_order", yearly, suspend=True, startingDeadlineSeconds=60,
+                           input={"id": "cu", "items": [{"price": 1}]}))
+    cluster.apply(schedule("toolate", "process_order", yearly, suspend=True, startingDeadlineSeconds=1,
+                           input={"id": "tl", "items": [{"price": 1}]}))
+    created = max(_when(cluster.get("wfs", n)["metadata"]["creationTimestamp"]) for n in ("catchup", "toolate"))
+    ticks = [int(created) + k for k in (1, 2, 3)]
+    cron = "* * * * * " + ",".join(str(t % 60) for t in ticks)  # seconds field; next repeat is a minute on
+    for name in ("catchup", "toolate"):
+        cluster.kubectl("patch", "wfs", name, "--type", "merge", "-p", json.dumps({"spec": {"schedule": cron}}))
+    time.sleep(max(0.0, ticks[-1] + 2.5 - time.time()))  # the last tick is now more than 1 s old
+    for name in ("catchup", "toolate"):
+        cluster.kubectl("patch", "wfs", name, "--type", "merge", "-p", '{"spec":{"suspend":false}}')
+
+    runs = cluster.wait_until(lambda: runs_of(cluster, "catchup"), timeout=30, what="the catch-up run")
+    assert [r["metadata"]["name"] for r in runs] == [f"catchup-{ticks[-1]}"]
+    st = cluster.wait_until(lambda: (s := cluster.get("wfs", "toolate").get("status") or {})
+                            .get("lastSkippedTime") and s, timeout=30, what="the missed tick to be recorded")
+    assert _when(st["lastSkippedTime"]) == ticks[-1] and not st.get("lastScheduleTime")
+    assert any(e.startswith("MissedSchedule") for e in cluster.events("toolate"))
+    assert _when(cluster.get("wfs", "catchup")["status"]["lastScheduleTime"]) == ticks[-1]
+    time.sleep(2)  # a few more evaluations: nothing older is fired late
+    assert [r["metadata"]["name"] for r in runs_of(cluster, "catchup")] == [f"catchup-{ticks[-1]}"]
+    assert runs_of(cluster, "toolate") == []
+    assert cluster.wait_phase(f"catchup-{ticks[-1]}", "Succeeded")["result"]["order_id"] == "cu"
+    cluster.kubectl("delete", "wfs", "catchup", "toolate", "--timeout=30s")
