@@ -46,7 +46,27 @@ def wait_until(pred: Callable[[], Any], timeout: float = 15.0, interval: float =
         time.sleep(interval)
 
 
-class WorkerProcess:
+class ChildProcess:
+    """A process a test starts and must be able to stop politely (SIGTERM) or kill (SIGKILL)."""
+
+    proc: subprocess.Popen[bytes] | None = None
+    stop_grace: float = 10.0
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(self.stop_grace)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class WorkerProcess(ChildProcess):
     """``durable worker`` as a real child process, the way a Deployment runs it."""
 
     def __init__(self, url: str, schema: str, apps: list[str], queues: list[str] | None = None,
@@ -66,19 +86,6 @@ class WorkerProcess:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(self.args, env=self.env, cwd=ROOT, stdout=out, stderr=out)
         return self
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
     def __enter__(self) -> WorkerProcess:
         return self.start()

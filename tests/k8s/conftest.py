@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.k8s_harness import BinariesMissing, KubeAPIServer, free_port
-from tests.support import ROOT, WorkerProcess, wait_until
+from tests.support import ROOT, ChildProcess, WorkerProcess, wait_until
 
 EXAMPLE_APPS = ["examples.order_processing", "examples.expense_approval", "examples.dashboard",
                 "examples.bulk_emailer", "examples.trip_booking", "examples.daily_report",
@@ -49,7 +48,7 @@ def start_kube() -> KubeAPIServer:
     return server
 
 
-class OperatorProcess:
+class OperatorProcess(ChildProcess):
     """``durable-operator`` as a child process, the way the chart's Deployment runs it."""
 
     def __init__(self, kube: KubeAPIServer, url: str, schema: str, log_path: Path, *extra: str) -> None:
@@ -61,7 +60,7 @@ class OperatorProcess:
         self.env = {**kube.env(), "DURABLE_DATABASE_URL": url, "DURABLE_SCHEMA": schema,
                     "DURABLE_OPERATOR_RESYNC": "10", "PYTHONPATH": str(ROOT)}
         self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.stop_grace = 15.0
 
     def start(self, wait: bool = True) -> OperatorProcess:
         out = open(self.log_path, "ab")  # noqa: SIM115
@@ -100,18 +99,6 @@ class OperatorProcess:
         except OSError:
             return ""
 
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 class Cluster:
