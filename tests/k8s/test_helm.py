@@ -26,9 +26,8 @@ from typing import Any
 
 import pytest
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from k8s_harness import BinariesMissing, KubeAPIServer, bin_dir, free_port
+from tests.k8s_harness import BinariesMissing, KubeAPIServer, bin_dir, free_port
+from tests.support import missing_binaries
 
 pytestmark = pytest.mark.k8s
 
@@ -46,20 +45,12 @@ WORKER_USER = f"system:serviceaccount:{RELEASE_NS}:{WORKER_SA}"
 Manifest = dict[str, Any]
 
 
-def _missing(e: Exception) -> None:
-    # On CI a missing install step must be loud, not a silently skipped suite.
-    if os.environ.get("CI") == "true":
-        pytest.fail(str(e))
-    pytest.skip(str(e))
-
-
 @pytest.fixture(scope="module")
 def helm_bin() -> Path:
     try:
         return bin_dir(("helm",)) / "helm"
     except BinariesMissing as e:
-        _missing(e)
-        raise
+        missing_binaries(e)
 
 
 def helm(helm_bin: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -357,8 +348,7 @@ def kube(audit_log: Path) -> Iterator[KubeAPIServer]:
         server = KubeAPIServer(extra_apiserver_args=[
             f"--audit-policy-file={d / 'policy.yaml'}", f"--audit-log-path={audit}", "--audit-log-mode=blocking"])
     except BinariesMissing as e:
-        _missing(e)
-        raise
+        missing_binaries(e)
     with server:
         yield server
 
@@ -471,7 +461,7 @@ def test_rbac_namespaced_mode(installed: KubeAPIServer, audit_log: Path, databas
 
     # The real operator, scoped to the two namespaces, as that release's ServiceAccount.
     if importlib.util.find_spec("durable_operator.main") is None:
-        _missing(RuntimeError("durable_operator.main is not importable: the operator package is not installed"))
+        missing_binaries(RuntimeError("durable_operator.main is not importable: the operator package is not installed"))
     from tests.support import WorkerProcess, drop_schema, new_schema
 
     sa_config = kube.service_account_kubeconfig("scoped-durable-operator", ns, path=tmp_path / "sa-kubeconfig")
@@ -564,7 +554,7 @@ def test_operator_runs_with_the_chart_service_account(
 ) -> None:
     """The real operator, authenticated by the chart's ServiceAccount token, drives runs end to end."""
     if importlib.util.find_spec("durable_operator.main") is None:
-        _missing(RuntimeError("durable_operator.main is not importable: the operator package is not installed"))
+        missing_binaries(RuntimeError("durable_operator.main is not importable: the operator package is not installed"))
     from tests.support import WorkerProcess, drop_schema, new_schema
 
     kube = installed
