@@ -14,7 +14,7 @@ from typing import Any
 
 from .db import q
 from .jsonutil import dumps
-from .store import Conn, finish_run, resolve_wait, start_run
+from .store import Conn, finish_run, record_all_progress, resolve_wait, start_run
 from .tasks import Task
 from .waits import WaitRequest
 
@@ -179,9 +179,8 @@ def _satisfy(conn: Conn, run: tuple[Any, ...], task: Task, step: str, request: W
              received: dict[str, Any], child_id: Any, queue: str, max_bytes: int) -> None:
     run_id = str(task.run_id)
 
-    def resolve(status: str, value_json: str | None, received_json: str | None = None) -> None:
-        resolve_wait(conn, run_id, step, request.idx, status=status, value_json=value_json, queue=queue,
-                     received_json=received_json)
+    def resolve(status: str, value_json: str | None) -> None:
+        resolve_wait(conn, run_id, step, request.idx, status=status, value_json=value_json, queue=queue)
     if request.kind in ("child", "child_start") and child_id is None:
         child = request.child or {}
         input_json = dumps(child.get("input"), what="child input", limit=max_bytes)
@@ -207,9 +206,7 @@ def _satisfy(conn: Conn, run: tuple[Any, ...], task: Task, step: str, request: W
             if mail:
                 got[name] = mail[1]
         if got != received:
-            done = all(n in got for n in request.names)
-            resolve("resolved" if done else "open", dumps(got, what="payload") if done else None,
-                    dumps(got, what="payload"))
+            record_all_progress(conn, run_id, step, request.idx, request.names, got, queue)
         return
     mail = conn.execute(q("take_mail"), {"run_id": run_id, "kind": mail_kind[request.kind],
                                          "names": request.names}).fetchone()

@@ -131,6 +131,15 @@ def _resolve_parent(conn: Conn, child_id: str, status: str, result_json: str | N
                      value_json=result_json if ok else dumps(message, what="error"), queue=queue)
 
 
+def record_all_progress(conn: Conn, run_id: str, step: str, idx: int, names: list[str], received: dict[str, Any],
+                        queue: str) -> None:
+    """Store what a ``wait_for_all`` has received so far, resolving it once every name is in."""
+    done = all(n in received for n in names)
+    received_json = dumps(received, what="payload")
+    resolve_wait(conn, run_id, step, idx, status="resolved" if done else "open",
+                 value_json=received_json if done else None, queue=queue, received_json=received_json)
+
+
 def resolve_wait(conn: Conn, run_id: str, step: str, idx: int, *, status: str, value_json: str | None,
                  queue: str, received_json: str | None = None) -> bool:
     """Resolve an open wait and make its step runnable now. False if it was no longer open."""
@@ -177,11 +186,7 @@ def _deliver(conn: Conn, run_id: str, workflow: str, status: str, kind: str, nam
         return "queued"
     step, idx, wkind, names, received, queue = wait
     if wkind == "all":
-        received = {**received, name: payload}
-        done = all(n in received for n in names)
-        resolve_wait(conn, run_id, step, idx, status="resolved" if done else "open",
-                     value_json=dumps(received, what="payload") if done else None, queue=queue,
-                     received_json=dumps(received, what="payload"))
+        record_all_progress(conn, run_id, step, idx, names, {**received, name: payload}, queue)
     else:
         value = [name, payload] if wkind == "any" else payload
         resolve_wait(conn, run_id, step, idx, status="resolved", value_json=dumps(value, what="payload"),
