@@ -13,6 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -159,7 +160,7 @@ class Executor:
             log.debug("suspended", extra={**extra, "action": "suspend", "wait": request.kind})
             if token is None:
                 return None
-            return Task(**{**task.__dict__, "token": token, "fresh": False})
+            return replace(task, token=token, fresh=False)
         except Exception as exc:
             metrics.STEP_DURATION.labels(wf.name, step.name).observe(time.perf_counter() - t0)
             err = error_of(step.name, exc)
@@ -199,9 +200,8 @@ class Executor:
             log.info("run succeeded", extra={"action": "run_succeeded", "run_id": task.run_id})
         if token is None:
             return None
-        return Task(id=task.id, run_id=task.run_id, kind="step", step=str(nxt), queue=queue, priority=task.priority,
-                    attempt=1, token=token, workflow=task.workflow, run_queue=task.run_queue, status="running",
-                    context=new_ctx, deadline=task.deadline, fresh=True)
+        return replace(task, kind="step", step=str(nxt), queue=queue, attempt=1, token=token, status="running",
+                       context=new_ctx, fresh=True)
 
     def _member_done(self, task: Task, graph: Graph, step: StepDef, status: str, output_json: str | None,
                      err: dict[str, Any] | None, started_at: datetime) -> Task | None:
@@ -212,9 +212,8 @@ class Executor:
             output_json=output_json, error=err, started_at=started_at, worker=self.owner, lease_ttl=self.ttl))
         if joined is None:
             return None
-        return Task(id=joined[0], run_id=task.run_id, kind="join", step=node.name, queue=task.queue,
-                    priority=task.priority, attempt=1, token=joined[1], workflow=task.workflow,
-                    run_queue=task.run_queue, status="running", context=None, deadline=task.deadline)
+        return replace(task, id=joined[0], kind="join", step=node.name, attempt=1, token=joined[1],
+                       status="running", context=None, fresh=False)
 
     def _join(self, task: Task) -> Task | None:
         wf = self._workflow(task)
@@ -293,9 +292,8 @@ class Executor:
             log.info("run ended", extra={"action": f"run_{final_status}", "run_id": task.run_id, "step": step})
         if token is None:
             return None
-        return Task(id=task.id, run_id=task.run_id, kind="compensate", step=comps[0], queue=task.queue,
-                    priority=task.priority, attempt=1, token=token, workflow=task.workflow,
-                    run_queue=task.run_queue, status="compensating", deadline=task.deadline, fresh=True)
+        return replace(task, kind="compensate", step=comps[0], attempt=1, token=token, status="compensating",
+                       context=None, fresh=True)
 
     def _compensate(self, task: Task) -> Task | None:
         wf = self._workflow(task)
@@ -328,7 +326,7 @@ class Executor:
             remaining=remaining, lease_ttl=self.ttl, error=outcome))
         if token is None:
             return None
-        return Task(**{**task.__dict__, "step": remaining[0], "attempt": 1, "token": token, "fresh": True})
+        return replace(task, step=remaining[0], attempt=1, token=token, fresh=True)
 
     def _deadline(self, task: Task) -> Task | None:
         wf = self._workflow(task)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +25,6 @@ class Task:
     deadline: datetime | None = None
     # True when no wait journal exists for this step yet (a step just entered), so none is loaded.
     fresh: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_lease_row(cls, row: tuple[Any, ...]) -> Task:
