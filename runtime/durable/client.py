@@ -10,7 +10,6 @@ import asyncio
 import builtins
 import threading
 import time
-import uuid
 from collections import defaultdict
 from datetime import datetime
 from typing import Any
@@ -76,13 +75,6 @@ class _RunWatcher:
         self._stop.set()
 
 
-def _check_id(run_id: str) -> None:
-    try:
-        uuid.UUID(str(run_id))
-    except ValueError:
-        raise RunNotFound(f"{run_id!r} is not a run id (a UUID)") from None
-
-
 class Client:
     """Synchronous client. ``database_url`` defaults to ``DURABLE_DATABASE_URL`` (or the embedded server)."""
 
@@ -138,7 +130,7 @@ class Client:
         return run_id
 
     def get(self, run_id: str) -> Run:
-        _check_id(run_id)
+        store.check_run_id(run_id)
         with self._pool.connection() as conn, conn.pipeline():
             cur_run = conn.execute(q("get_execution"), {"run_id": run_id})
             cur_steps = conn.execute(q("run_steps"), {"run_id": run_id})
@@ -201,7 +193,7 @@ class Client:
             self._watcher.unsubscribe(run_id, ev)
 
     def _status(self, conn: Any, run_id: str) -> str:
-        _check_id(run_id)
+        store.check_run_id(run_id)
         row = conn.execute(q("get_execution_brief"), {"run_id": run_id}).fetchone()
         if row is None:
             raise RunNotFound(f"no run with id {run_id}")

@@ -94,11 +94,16 @@ def start_run(conn: Conn, workflow: str, input_json: str, *, queue: str | None =
     return str(row[0]), bool(row[1])  # type: ignore[index]
 
 
-def lock_run(conn: Conn, run_id: str) -> tuple[Any, ...]:
+def check_run_id(run_id: str) -> None:
+    """Refuse a malformed id before it reaches SQL (where it would be a cast error, not "not found")."""
     try:
         uuid.UUID(str(run_id))
     except ValueError:
         raise RunNotFound(f"{run_id!r} is not a run id (a UUID)") from None
+
+
+def lock_run(conn: Conn, run_id: str) -> tuple[Any, ...]:
+    check_run_id(run_id)
     row = conn.execute(q("lock_execution"), {"run_id": run_id}).fetchone()
     if row is None:
         raise RunNotFound(f"no run with id {run_id}")
