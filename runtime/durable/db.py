@@ -6,14 +6,17 @@ The store, the migrator, the worker and the client all get their connections her
 
 from __future__ import annotations
 
+import logging
+import random
 import re
 import time
 import warnings
 import weakref
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import tuple_row
@@ -21,6 +24,8 @@ from psycopg_pool import ConnectionPool
 
 from .settings import DatabaseSettings
 
+log = logging.getLogger("durable.db")
+T = TypeVar("T")
 _NAME_RE = re.compile(r"^-- name: (\w+)\s*$", re.M)
 
 
@@ -94,3 +99,21 @@ def make_pool(url: str, settings: DatabaseSettings, *, size: int, name: str,
                           check=_check_if_idle if check else None, reset=_mark_returned if check else None)
     pool.open(wait=False)
     return pool
+
+
+def retry_while_unreachable(fn: Callable[[], T], *, within: float, what: str,
+                            stop: Callable[[], bool] = lambda: False) -> T:
+    """Call ``fn``, retrying with jittered exponential back-off while PostgreSQL is unreachable,
+    for at most ``within`` seconds (or until ``stop()``); then the last error propagates."""
+    delay = 0.05
+    give_up = time.monotonic() + within
+    while True:
+        try:
+            return fn()
+        except psycopg.OperationalError as exc:
+            if time.monotonic() > give_up or stop():
+                raise
+            log.warning("database unavailable; retrying", extra={"action": "db_retry", "during": what,
+                                                                "error": str(exc)})
+            time.sleep(delay + random.random() * delay)
+            delay = min(delay * 2, 2.0)

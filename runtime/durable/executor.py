@@ -10,7 +10,6 @@ import asyncio
 import concurrent.futures
 import contextvars
 import logging
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -23,7 +22,7 @@ from psycopg_pool import ConnectionPool
 from . import checkpoint as cp
 from . import metrics
 from .context import Context, assign
-from .db import q
+from .db import q, retry_while_unreachable
 from .dsl import REGISTRY, StepDef, Workflow
 from .errors import InvalidInput, NonRetryableError, StepTimeout
 from .graph import FanOut, Graph
@@ -89,18 +88,14 @@ class Executor:
         Safe because every checkpoint is guarded by the lease token: if an earlier try did commit,
         the retry finds the token gone and raises LeaseLost. Past the lease, another worker owns
         the task, so we give up the same way."""
-        delay = 0.05
-        give_up = time.monotonic() + self.ttl
-        while True:
-            try:
-                with self.pool.connection() as conn:
-                    return record(conn)
-            except psycopg.OperationalError as exc:
-                if time.monotonic() > give_up:
-                    raise cp.LeaseLost(f"database unreachable for the whole lease: {exc}") from exc
-                log.warning("database unavailable at checkpoint; retrying", extra={"error": str(exc)})
-                time.sleep(delay + random.random() * delay)
-                delay = min(delay * 2, 2.0)
+        def attempt() -> T:
+            with self.pool.connection() as conn:
+                return record(conn)
+
+        try:
+            return retry_while_unreachable(attempt, within=self.ttl, what="checkpoint")
+        except psycopg.OperationalError as exc:
+            raise cp.LeaseLost(f"database unreachable for the whole lease: {exc}") from exc
 
     def _queue_of(self, graph: Graph, node: str, task: Task) -> str:
         step = graph.steps.get(node)

@@ -10,19 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 
 from . import metrics
-from .db import connect, make_pool, q, resolve_url
+from .db import connect, make_pool, q, resolve_url, retry_while_unreachable
 from .dsl import REGISTRY, Workflow
 from .executor import Executor
 from .jsonutil import dumps
@@ -32,7 +30,6 @@ from .store import register_queues, register_workflow
 from .tasks import Task
 
 log = logging.getLogger("durable.worker")
-T = TypeVar("T")
 
 
 def parse_queues(specs: list[str] | None) -> dict[str, int]:
@@ -194,7 +191,11 @@ class Worker:
                 with self._lock:
                     self.inflight[current.id] = current
                 try:
-                    nxt = self._with_db_retry(lambda t=current: self.executor.run(t))  # type: ignore[misc]
+                    # Only a task's preparation (loading its journal or context) can fail here on a
+                    # lost database; the step itself never re-runs: checkpoints retry themselves.
+                    nxt = retry_while_unreachable(lambda t=current: self.executor.run(t),  # type: ignore[misc]
+                                                  within=self.settings.worker.lease_seconds, what="task",
+                                                  stop=self._stop.is_set)
                 except Exception:
                     log.exception("task crashed", extra={"run_id": current.run_id, "step": current.step})
                     nxt = None
@@ -206,21 +207,6 @@ class Worker:
                 self.free[queue] += 1
             metrics.TASKS_IN_FLIGHT.labels(queue).dec()
             self._wake.set()
-
-    def _with_db_retry(self, fn: Callable[[], T]) -> T:
-        """Retry a task whose preparation (loading its journal or context) lost the database. The
-        step itself never re-runs through here: the executor retries its own checkpoints."""
-        delay = 0.05
-        deadline = time.monotonic() + self.settings.worker.lease_seconds
-        while True:
-            try:
-                return fn()
-            except psycopg.OperationalError as exc:
-                if time.monotonic() > deadline or self._stop.is_set():
-                    raise
-                log.warning("database unavailable during task; retrying", extra={"error": str(exc)})
-                time.sleep(delay + random.random() * delay)
-                delay = min(delay * 2, 2.0)
 
     # -- background duties ------------------------------------------------------------------------
 
