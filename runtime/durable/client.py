@@ -10,6 +10,7 @@ import asyncio
 import builtins
 import threading
 import time
+import uuid
 from collections import defaultdict
 from datetime import datetime
 from typing import Any
@@ -28,7 +29,14 @@ from .settings import DatabaseSettings, Settings
 
 class _RunWatcher:
     """One LISTEN connection per client, fanning ``durable_finished`` notifications (sent when a run
-    reaches a terminal status) out to waiters."""
+    reaches a terminal status) out to waiters.
+
+    It also remembers the runs this client started while it was listening (``track``): for those,
+    the absence of a notification already says the run has not finished, so ``Client.wait`` need
+    not ask the database before waiting. A (re)connection starts a new generation: runs tracked in
+    an earlier one may have finished while nobody listened, and are checked in the database."""
+
+    _TRACKED_MAX = 10_000  # runs started and never waited for must not grow without bound
 
     def __init__(self, url: str, settings: DatabaseSettings) -> None:
         self._url = url
@@ -37,15 +45,42 @@ class _RunWatcher:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._stop = threading.Event()
+        self._generation = 0
+        self._listening = False
+        self._tracked: dict[str, int] = {}  # run id -> generation it was started in
+        self._finished: set[str] = set()  # tracked runs notified before anyone waited for them
         self._thread = threading.Thread(target=self._run, name="durable-run-watcher", daemon=True)
         self._thread.start()
         self._ready.wait(5)
 
-    def subscribe(self, run_id: str) -> threading.Event:
+    def track(self, run_id: str) -> None:
+        """Call before the run's start commits, so its finish cannot be missed."""
+        with self._lock:
+            if not self._listening:
+                return
+            self._tracked[run_id] = self._generation
+            if len(self._tracked) > self._TRACKED_MAX:
+                oldest = next(iter(self._tracked))
+                del self._tracked[oldest]
+                self._finished.discard(oldest)
+
+    def untrack(self, run_id: str) -> None:
+        with self._lock:
+            self._tracked.pop(run_id, None)
+            self._finished.discard(run_id)
+
+    def subscribe(self, run_id: str) -> tuple[threading.Event, bool]:
+        """The event is set when ``run_id`` finishes. The flag is True when the watcher has listened
+        since before the run started: then the event is already set if it has finished."""
         ev = threading.Event()
         with self._lock:
             self._waiters[run_id].append(ev)
-        return ev
+            generation = self._tracked.pop(run_id, None)
+            known = self._listening and generation == self._generation
+            if run_id in self._finished:
+                self._finished.discard(run_id)
+                ev.set()
+        return ev, known
 
     def unsubscribe(self, run_id: str, ev: threading.Event) -> None:
         with self._lock:
@@ -60,14 +95,21 @@ class _RunWatcher:
             try:
                 with connect(self._url, self._settings) as conn:
                     conn.execute("LISTEN durable_finished")
+                    with self._lock:
+                        self._generation += 1
+                        self._listening = True
                     self._ready.set()
                     while not self._stop.is_set():
                         for n in conn.notifies(timeout=0.5):
                             with self._lock:
                                 evs = list(self._waiters.get(n.payload, ()))
+                                if not evs and n.payload in self._tracked:
+                                    self._finished.add(n.payload)
                             for ev in evs:
                                 ev.set()
             except psycopg.OperationalError:
+                with self._lock:
+                    self._listening = False
                 self._ready.set()
                 time.sleep(0.5)
 
@@ -120,26 +162,34 @@ class Client:
               scheduled_at: datetime | None = None, idempotency_key: str | None = None, priority: int = 0) -> str:
         """Start a run and return its id; with ``idempotency_key``, the existing run's id if there is one."""
         input_json = dumps(input, what="input", limit=self.settings.limits.max_context_bytes)
-        with self._pool.connection() as conn:
-            self._register_local(conn, workflow)
-            run_id, created = store.start_run(conn, workflow, input_json, queue=queue, scheduled_at=scheduled_at,
-                                              idempotency_key=idempotency_key, priority=priority,
-                                              cache=self._definitions)
+        new_id = str(uuid.uuid4())
+        watcher = self._watcher
+        if watcher is not None:
+            watcher.track(new_id)
+        try:
+            with self._pool.connection() as conn:
+                self._register_local(conn, workflow)
+                run_id, created = store.start_run(conn, workflow, input_json, queue=queue,
+                                                  scheduled_at=scheduled_at, idempotency_key=idempotency_key,
+                                                  priority=priority, cache=self._definitions, run_id=new_id)
+        except BaseException:
+            if watcher is not None:
+                watcher.untrack(new_id)
+            raise
         if created:
-            metrics.RUNS_STARTED.labels(workflow).inc()
+            metrics.child(metrics.RUNS_STARTED, workflow).inc()
+        elif watcher is not None:
+            watcher.untrack(new_id)  # an existing run, started before we were told to track it
         return run_id
 
     def get(self, run_id: str) -> Run:
         store.check_run_id(run_id)
-        with self._pool.connection() as conn, conn.pipeline():
-            cur_run = conn.execute(q("get_execution"), {"run_id": run_id})
-            cur_steps = conn.execute(q("run_steps"), {"run_id": run_id})
-            cur_waits = conn.execute(q("run_waits"), {"run_id": run_id})
-            row = cur_run.fetchone()
-            steps, waits = cur_steps.fetchall(), cur_waits.fetchall()
+        with self._pool.connection() as conn:
+            row = conn.execute(q("get_run"), {"run_id": run_id}).fetchone()
         if row is None:
             raise RunNotFound(f"no run with id {run_id}")
-        return Run.from_row(tuple(row), [tuple(s) for s in steps], [tuple(w) for w in waits])
+        *run, steps, waits = row
+        return Run.from_row(tuple(run), steps, waits)
 
 
     def list(self, workflow: str | None = None, status: str | None = None, limit: int = 100) -> list[Run]:
@@ -167,34 +217,38 @@ class Client:
             return store.deliver(conn, run_id, "input", name, data, delivery_id)
 
     def wait(self, run_id: str, timeout: float | None = None) -> Run:
-        """Block until the run finishes; raises ``RunTimeout`` after ``timeout`` seconds."""
+        """Block until the run finishes; raises ``RunTimeout`` after ``timeout`` seconds.
+
+        A run this client started needs one query, for the finished run; any other run one more,
+        to learn whether it has already finished. A check every second covers a lost notification."""
+        store.check_run_id(run_id)
         with self._lock:
             if self._watcher is None:
                 self._watcher = _RunWatcher(self.url, self.settings.db)
-        ev = self._watcher.subscribe(run_id)
+        ev, known = self._watcher.subscribe(run_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            with self._pool.connection() as conn:
-                status = self._status(conn, run_id)
-            while status not in FINISHED:
-                remaining = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
-                if remaining <= 0:
-                    raise RunTimeout(f"run {run_id} is still {status} after {timeout}s")
-                if ev.wait(remaining):
-                    # Notified: the run has finished, so read it whole straight away.
+            notified = ev.is_set()
+            status = None if known else self._status(run_id)
+            while True:
+                if notified or status in FINISHED:
                     run = self.get(run_id)
                     if run.finished:
                         return run
+                    status = run.status
+                remaining = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+                if remaining <= 0:
+                    raise RunTimeout(f"run {run_id} is still {status or self._status(run_id)} after {timeout}s")
+                notified = ev.wait(remaining)
                 ev.clear()
-                with self._pool.connection() as conn:
-                    status = self._status(conn, run_id)
-            return self.get(run_id)
+                if not notified:
+                    status = self._status(run_id)
         finally:
             self._watcher.unsubscribe(run_id, ev)
 
-    def _status(self, conn: Any, run_id: str) -> str:
-        store.check_run_id(run_id)
-        row = conn.execute(q("get_execution_brief"), {"run_id": run_id}).fetchone()
+    def _status(self, run_id: str) -> str:
+        with self._pool.connection() as conn:
+            row = conn.execute(q("get_execution_brief"), {"run_id": run_id}).fetchone()
         if row is None:
             raise RunNotFound(f"no run with id {run_id}")
         return str(row[2])

@@ -33,7 +33,15 @@ _NAME_RE = re.compile(r"^-- name: (\w+)\s*$", re.M)
 def queries() -> dict[str, str]:
     text = resources.files("durable").joinpath("sql/queries.sql").read_text()
     parts = _NAME_RE.split(text)
-    return {name: sql.strip().rstrip(";") for name, sql in zip(parts[1::2], parts[2::2], strict=True)}
+    return {name: _body(sql) for name, sql in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def _body(sql: str) -> str:
+    # A query's leading comment documents it in queries.sql; the server (and pg_stat_activity) get the SQL.
+    lines = sql.strip().splitlines()
+    while lines and lines[0].lstrip().startswith("--"):
+        lines.pop(0)
+    return "\n".join(lines).strip().rstrip(";")
 
 
 def q(name: str) -> str:

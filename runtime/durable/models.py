@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -88,8 +89,10 @@ class Run(BaseModel):
         return self.status in FINISHED
 
     @classmethod
-    def from_row(cls, row: tuple[Any, ...], steps: list[tuple[Any, ...]] = (),  # type: ignore[assignment]
-                 waits: list[tuple[Any, ...]] = ()) -> Run:  # type: ignore[assignment]
+    def from_row(cls, row: Sequence[Any], steps: Sequence[Sequence[Any]] = (),
+                 waits: Sequence[Sequence[Any]] = ()) -> Run:
+        """``steps`` and ``waits`` rows may come as JSON arrays (timestamps as ISO strings), which
+        pydantic parses like the database's own values."""
         (id_, workflow, hash_, status, queue, priority, input_, context, current_step, attempt, result, error,
          key, parent_id, scheduled_at, deadline, created_at, started_at, updated_at, finished_at,
          index, total) = row

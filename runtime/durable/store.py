@@ -70,8 +70,10 @@ class DefinitionCache:
 
 def start_run(conn: Conn, workflow: str, input_json: str, *, queue: str | None = None,
               scheduled_at: datetime | None = None, idempotency_key: str | None = None, priority: int = 0,
-              parent: tuple[str, str, int] | None = None, cache: DefinitionCache | None = None) -> tuple[str, bool]:
-    """Create a run (or return the existing one for ``idempotency_key``). Returns ``(run_id, created)``.
+              parent: tuple[str, str, int] | None = None, cache: DefinitionCache | None = None,
+              run_id: str | None = None) -> tuple[str, bool]:
+    """Create a run (or return the existing one for ``idempotency_key``). Returns ``(run_id, created)``;
+    ``run_id`` chooses the new run's id (a caller may need to know it before the run exists).
 
     One round trip once the definition is cached; safe inside or outside a transaction."""
     cache = cache or DefinitionCache(ttl=0)
@@ -86,7 +88,7 @@ def start_run(conn: Conn, workflow: str, input_json: str, *, queue: str | None =
     base = scheduled_at or datetime.now(UTC)
     deadline = base + timedelta(milliseconds=timeout_ms) if timeout_ms else None
     row = conn.execute(q("start_v1"), {
-        "id": str(uuid.uuid4()), "workflow": workflow, "hash": hash_, "queue": queue, "priority": priority,
+        "id": run_id or str(uuid.uuid4()), "workflow": workflow, "hash": hash_, "queue": queue, "priority": priority,
         "input": input_json, "first_step": first_step, "idempotency_key": idempotency_key,
         "parent_id": parent[0] if parent else None, "parent_step": parent[1] if parent else None,
         "parent_wait_idx": parent[2] if parent else None, "scheduled_at": scheduled_at, "deadline": deadline,

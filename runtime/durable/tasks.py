@@ -29,7 +29,7 @@ class Task:
     @classmethod
     def from_lease_row(cls, row: tuple[Any, ...]) -> Task:
         (id_, run_id, kind, step, schedule_name, queue, priority, attempt, token,
-         workflow, run_queue, status, context, deadline, has_journal, started) = row
+         workflow, run_queue, status, context, deadline, has_journal, started) = row[:16]
         return cls(id=id_, run_id=str(run_id) if run_id else None, kind=kind, step=step, queue=queue,
                    priority=priority, attempt=attempt, token=str(token), workflow=workflow,
                    run_queue=run_queue or queue, status="running" if started else status, context=context,

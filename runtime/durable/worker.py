@@ -83,6 +83,8 @@ class Worker:
         self.inflight: dict[int, Task] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        # Queues that may hold ready tasks we left for lack of a free slot (see _lease_round).
+        self._starved: set[str] = set()
         self._stop = threading.Event()
         self.loop = asyncio.new_event_loop()
         self._threads: list[threading.Thread] = []
@@ -139,8 +141,7 @@ class Worker:
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                got = self._lease_round()
-                wait = 0.0 if got else self._until_next_due()
+                wait = self._lease_round()
                 if time.monotonic() - last_gauges > 5:
                     last_gauges = time.monotonic()
                     self._update_gauges()
@@ -151,37 +152,46 @@ class Worker:
             if wait > 0:
                 self._wake.wait(wait)
 
-    def _lease_round(self) -> int:
-        got = 0
+    def _lease_round(self) -> float:
+        """Lease what the free slots can take; returns how long to sleep before the next round.
+
+        A queue we could not drain (no free slot, or every free slot filled) is marked starved, so
+        the slot that frees up next wakes us; a drained queue tells us (in the same round trip) when
+        its next task is due, and new tasks announce themselves with a notification. So a freed
+        slot costs no query while its queue is empty."""
+        poll = self.settings.worker.poll_max_ms / 1000
+        wait = poll
         with self._lock:
             wanted = {q_: n for q_, n in self.free.items() if n > 0}
+            self._starved.update(q_ for q_, n in self.free.items() if n <= 0)
         if not wanted:
-            return 0
+            return poll
         with self.pool.connection() as conn:
             for queue, n in wanted.items():
-                rows = conn.execute(q("lease_tasks"), {"queue": queue, "limit": n, "owner": self.owner,
-                                                       "ttl": self.settings.worker.lease_seconds}).fetchall()
+                rows = conn.execute(q("lease_v1"), {"queue": queue, "limit": n, "owner": self.owner,
+                                                    "ttl": self.settings.worker.lease_seconds}).fetchall()
+                drained = False
                 for row in rows:
+                    if row[0] is None:
+                        drained = True
+                        if row[-1] is not None:
+                            # Small floor: a due task we could not lease (locked by a peer) must not make us spin.
+                            wait = min(wait, max(0.005, float(row[-1])))
+                        continue
                     task = Task.from_lease_row(tuple(row))
                     with self._lock:
                         self.free[queue] -= 1
                         self.inflight[task.id] = task
-                    metrics.TASKS_IN_FLIGHT.labels(queue).inc()
+                    metrics.child(metrics.TASKS_IN_FLIGHT, queue).inc()
                     self.slots.submit(self._slot, task)
-                got += len(rows)
-        return got
-
-    def _until_next_due(self) -> float:
-        with self._lock:
-            if not any(n > 0 for n in self.free.values()):
-                return self.settings.worker.poll_max_ms / 1000
-        with self.pool.connection() as conn:
-            row = conn.execute(q("next_due"), {"queues": list(self.queues)}).fetchone()
-        poll = self.settings.worker.poll_max_ms / 1000
-        if row is None or row[0] is None:
-            return poll
-        # Small floor: a due task we could not lease (locked by a peer) must not make us spin.
-        return max(0.005, min(float(row[0]), poll))
+                with self._lock:
+                    if drained:
+                        self._starved.discard(queue)
+                    else:
+                        self._starved.add(queue)
+                        if self.free[queue] > 0:
+                            wait = 0.0  # a slot freed while we leased: it saw no reason to wake us
+        return wait
 
     def _slot(self, task: Task) -> None:
         queue = task.queue
@@ -205,8 +215,10 @@ class Worker:
         finally:
             with self._lock:
                 self.free[queue] += 1
-            metrics.TASKS_IN_FLIGHT.labels(queue).dec()
-            self._wake.set()
+                starved = queue in self._starved
+            metrics.child(metrics.TASKS_IN_FLIGHT, queue).dec()
+            if starved:
+                self._wake.set()
 
     # -- background duties ------------------------------------------------------------------------
 

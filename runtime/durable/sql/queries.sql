@@ -49,33 +49,8 @@ SELECT pg_notify('durable_runs', %(run_id)s::text);
 -- name: notify_finished
 SELECT pg_notify('durable_finished', %(run_id)s::text);
 
--- name: lease_tasks
-WITH picked AS (
-    SELECT id FROM tasks
-    WHERE queue = %(queue)s AND due_at <= now()
-      AND (lease_token IS NULL OR lease_expires_at < now())
-    ORDER BY priority DESC, due_at, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-), leased AS (
-    UPDATE tasks t
-    SET lease_token = gen_random_uuid(), lease_owner = %(owner)s,
-        lease_expires_at = now() + make_interval(secs => %(ttl)s)
-    FROM picked WHERE t.id = picked.id
-    RETURNING t.id, t.run_id, t.kind, t.step, t.schedule_name, t.queue, t.priority, t.attempt, t.lease_token
-), started AS (
-    UPDATE executions e
-    SET status = 'running', started_at = coalesce(e.started_at, now()), updated_at = now()
-    FROM leased
-    WHERE e.id = leased.run_id AND e.status IN ('pending', 'waiting') AND leased.kind IN ('step', 'join')
-    RETURNING e.id
-)
-SELECT l.id, l.run_id, l.kind, l.step, l.schedule_name, l.queue, l.priority, l.attempt, l.lease_token,
-       e.workflow, e.queue, e.status, e.context, e.deadline,
-       EXISTS (SELECT 1 FROM waits w WHERE w.run_id = l.run_id AND w.step = l.step) AS has_journal,
-       -- one statement, so one round trip: the notification for a run that starts is sent from here
-       (SELECT count(pg_notify('durable_runs', s.id::text)) FROM started s WHERE s.id = l.run_id) > 0 AS started
-FROM leased l LEFT JOIN executions e ON e.id = l.run_id;
+-- name: lease_v1
+SELECT * FROM durable_lease_v1(%(queue)s, %(limit)s, %(owner)s, %(ttl)s);
 
 -- name: journal
 SELECT idx, kind, names, status, value, until, has_timeout_value, timeout_value
@@ -218,24 +193,25 @@ DELETE FROM waits WHERE run_id = %(run_id)s AND status = 'open';
 -- name: clear_mailbox
 DELETE FROM mailbox WHERE run_id = %(run_id)s;
 
--- name: get_execution
+-- name: get_run
+-- One statement for a run with its step history and waits (as JSON arrays of rows), so reading a
+-- run, which every Client.wait ends with, costs one round trip and one transaction.
 SELECT e.id, e.workflow, e.definition_hash, e.status, e.queue, e.priority, e.input, e.context, e.current_step,
        e.attempt, e.result, e.error, e.idempotency_key, e.parent_id, e.scheduled_at, e.deadline, e.created_at,
        e.started_at, e.updated_at, e.finished_at,
-       (w.graph -> 'index' ->> e.current_step)::int, (w.graph ->> 'total')::int
+       (w.graph -> 'index' ->> e.current_step)::int, (w.graph ->> 'total')::int,
+       (SELECT coalesce(json_agg(json_build_array(s.name, s.kind, s.attempt, s.status, s.output, s.error, s.worker,
+                                                  s.started_at, s.finished_at) ORDER BY s.id), '[]')
+        FROM steps s WHERE s.run_id = e.id),
+       (SELECT coalesce(json_agg(json_build_array(x.step, x.idx, x.kind, x.names, x.prompt, x.until, x.status,
+                                                  x.value, x.created_at, x.resolved_at)
+                                 ORDER BY x.created_at, x.idx), '[]')
+        FROM waits x WHERE x.run_id = e.id)
 FROM executions e LEFT JOIN workflows w ON w.name = e.workflow
 WHERE e.id = %(run_id)s;
 
 -- name: get_execution_brief
 SELECT id, workflow, status, current_step, result, error, finished_at FROM executions WHERE id = %(run_id)s;
-
--- name: run_steps
-SELECT name, kind, attempt, status, output, error, worker, started_at, finished_at
-FROM steps WHERE run_id = %(run_id)s ORDER BY id;
-
--- name: run_waits
-SELECT step, idx, kind, names, prompt, until, status, value, created_at, resolved_at
-FROM waits WHERE run_id = %(run_id)s ORDER BY created_at, idx;
 
 -- name: list_executions
 SELECT e.id, e.workflow, e.definition_hash, e.status, e.queue, e.priority, e.input, e.context, e.current_step,
@@ -245,10 +221,6 @@ SELECT e.id, e.workflow, e.definition_hash, e.status, e.queue, e.priority, e.inp
 FROM executions e LEFT JOIN workflows w ON w.name = e.workflow
 WHERE (%(workflow)s::text IS NULL OR e.workflow = %(workflow)s) AND (%(status)s::text IS NULL OR e.status = %(status)s)
 ORDER BY e.created_at DESC LIMIT %(limit)s;
-
--- name: next_due
-SELECT extract(epoch FROM (min(CASE WHEN lease_token IS NULL THEN due_at ELSE lease_expires_at END) - now()))
-FROM tasks WHERE queue = ANY(%(queues)s::text[]);
 
 -- name: upsert_schedule
 INSERT INTO schedules (name, workflow, cron, timezone, input, queue, next_fire_at)

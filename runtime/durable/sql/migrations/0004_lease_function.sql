@@ -1,0 +1,77 @@
+-- The worker's dispatch round as one call per queue: lease up to p_limit ready tasks and, when
+-- the queue had fewer, say so with a last row whose id is NULL and whose next_due is the number
+-- of seconds until the queue's next task is due (or a lease of it expires), NULL when it is
+-- empty. A drained queue then costs its worker no second query to know how long to sleep.
+--
+-- The lease commits with synchronous_commit off. Losing it to a server crash is harmless: the
+-- task's lease and the run's move to 'running' roll back, the lease token the worker holds no
+-- longer matches, so that worker's checkpoint is refused and the step runs again (steps run at
+-- least once; only checkpoints record results, and they commit synchronously, which also
+-- flushes every earlier asynchronous commit to disk).
+--
+-- The runs are read and updated one key lookup at a time rather than joined to the leased rows:
+-- a join is planned once per connection, often while the tables are still small, and a plan
+-- that scans executions then stays in use however large the table grows.
+CREATE FUNCTION durable_lease_v1(p_queue text, p_limit integer, p_owner text, p_ttl double precision)
+RETURNS TABLE (id bigint, run_id uuid, kind text, step text, schedule_name text, queue text, priority integer,
+               attempt integer, lease_token uuid, workflow text, run_queue text, status text, context jsonb,
+               deadline timestamptz, has_journal boolean, started boolean, next_due double precision)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    r record;
+    v_leased integer := 0;
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    FOR r IN
+        WITH picked AS (
+            SELECT t.id FROM tasks t
+            WHERE t.queue = p_queue AND t.due_at <= now()
+              AND (t.lease_token IS NULL OR t.lease_expires_at < now())
+            ORDER BY t.priority DESC, t.due_at, t.id
+            LIMIT p_limit
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE tasks t
+        SET lease_token = gen_random_uuid(), lease_owner = p_owner,
+            lease_expires_at = now() + make_interval(secs => p_ttl)
+        FROM picked WHERE t.id = picked.id
+        RETURNING t.id, t.run_id, t.kind, t.step, t.schedule_name, t.queue, t.priority, t.attempt, t.lease_token
+    LOOP
+        v_leased := v_leased + 1;
+        id := r.id; run_id := r.run_id; kind := r.kind; step := r.step; schedule_name := r.schedule_name;
+        queue := r.queue; priority := r.priority; attempt := r.attempt; lease_token := r.lease_token;
+        workflow := NULL; run_queue := NULL; status := NULL; context := NULL; deadline := NULL;
+        has_journal := false; started := false; next_due := NULL;
+        IF r.run_id IS NOT NULL THEN
+            IF r.kind IN ('step', 'join') THEN
+                UPDATE executions e
+                SET status = 'running', started_at = coalesce(e.started_at, now()), updated_at = now()
+                WHERE e.id = r.run_id AND e.status IN ('pending', 'waiting')
+                RETURNING e.workflow, e.queue, e.status, e.context, e.deadline
+                INTO workflow, run_queue, status, context, deadline;
+                started := FOUND;
+            END IF;
+            IF started THEN
+                PERFORM pg_notify('durable_runs', r.run_id::text);
+            ELSE
+                SELECT e.workflow, e.queue, e.status, e.context, e.deadline
+                INTO workflow, run_queue, status, context, deadline
+                FROM executions e WHERE e.id = r.run_id;
+            END IF;
+            has_journal := EXISTS (SELECT 1 FROM waits w WHERE w.run_id = r.run_id AND w.step = r.step);
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+    IF v_leased < p_limit THEN
+        -- A separate statement: it must see the leases just taken (their expiry, not their due time).
+        id := NULL; run_id := NULL; kind := NULL; step := NULL; schedule_name := NULL; queue := p_queue;
+        priority := NULL; attempt := NULL; lease_token := NULL; workflow := NULL; run_queue := NULL;
+        status := NULL; context := NULL; deadline := NULL; has_journal := NULL; started := NULL;
+        SELECT extract(epoch FROM (min(CASE WHEN t.lease_token IS NULL THEN t.due_at ELSE t.lease_expires_at END)
+                                   - now()))::double precision
+        INTO next_due FROM tasks t WHERE t.queue = p_queue;
+        RETURN NEXT;
+    END IF;
+END;
+$$;

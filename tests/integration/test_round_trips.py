@@ -1,0 +1,120 @@
+"""The few round trips a run costs: Client.wait, Client.get and the worker's lease round."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from durable import Client, Workflow, assign, sleep
+from durable.db import connect, q
+from durable.worker import Worker
+from tests.support import settings_for, wait_until
+
+quick = Workflow("t_rt_quick")
+
+
+@quick.step
+def rt_one(input: Any) -> Any:
+    return {"n": input["n"] + 1}
+
+
+@quick.step
+def rt_two(ctx: Any) -> Any:
+    return assign(ctx, n=ctx["n"] + 1)
+
+
+napping = Workflow("t_rt_nap")
+
+
+@napping.step
+def rt_nap(input: Any) -> Any:
+    sleep(50)
+    return {"slept": True}
+
+
+def _status(database_url: str, schema: str, run_id: str) -> str:
+    with psycopg.connect(database_url, autocommit=True, options=f"-c search_path={schema}") as conn:
+        row = conn.execute("SELECT status FROM executions WHERE id = %s", [run_id]).fetchone()
+    return str(row[0]) if row else ""
+
+
+def test_wait_on_a_run_that_finished_before_wait_is_prompt(client: Client, database_url: str,
+                                                           schema: str, monkeypatch: Any) -> None:
+    client.wait(client.start("t_rt_quick", {"n": 0}), timeout=10)  # the client now listens
+    run_id = client.start("t_rt_quick", {"n": 1})
+    wait_until(lambda: _status(database_url, schema, run_id) == "succeeded", what="the run to finish")
+
+    def no_status(run_id: str) -> str:
+        raise AssertionError("the finish was announced before anyone waited: it must be remembered, "
+                             "not found by the once-a-second re-check")
+
+    monkeypatch.setattr(client, "_status", no_status)
+    run = client.wait(run_id, timeout=10)
+    assert run.status == "succeeded" and run.result == {"n": 3}
+
+
+def test_wait_for_a_run_this_client_started_asks_only_for_the_result(client: Client, monkeypatch: Any) -> None:
+    client.wait(client.start("t_rt_quick", {"n": 0}), timeout=10)  # the client now listens
+
+    def no_status(run_id: str) -> str:
+        raise AssertionError("the watcher already knows whether this run has finished")
+
+    monkeypatch.setattr(client, "_status", no_status)
+    for n in range(5):
+        assert client.wait(client.start("t_rt_quick", {"n": n}), timeout=10).result == {"n": n + 2}
+
+
+def test_wait_on_a_run_started_elsewhere(client: Client, database_url: str, schema: str) -> None:
+    other = Client(database_url, schema=schema)
+    try:
+        run_id = other.start("t_rt_quick", {"n": 5})
+        assert client.wait(run_id, timeout=10).result == {"n": 7}
+        wait_until(lambda: _status(database_url, schema, run_id) == "succeeded", what="the run to finish")
+        assert client.wait(run_id, timeout=10).status == "succeeded"  # already finished: read, not awaited
+    finally:
+        other.close()
+
+
+def test_idempotent_start_returns_the_existing_run_to_wait_for(client: Client) -> None:
+    client.wait(client.start("t_rt_quick", {"n": 0}), timeout=10)
+    key = f"rt-{uuid.uuid4()}"
+    first = client.start("t_rt_quick", {"n": 10}, idempotency_key=key)
+    again = client.start("t_rt_quick", {"n": 99}, idempotency_key=key)
+    assert again == first
+    assert client.wait(again, timeout=10).result == {"n": 12}
+
+
+def test_get_reads_steps_and_waits_in_one_statement(client: Client) -> None:
+    run = client.wait(client.start("t_rt_nap", {}), timeout=10)
+    assert run.status == "succeeded"
+    assert [s.name for s in run.steps] == ["rt_nap"]
+    step = run.steps[0]
+    assert isinstance(step.started_at, datetime) and step.started_at.tzinfo is not None
+    assert step.finished_at >= step.started_at and step.output == {"slept": True}
+    [wait] = run.waits
+    assert wait.kind == "sleep" and wait.status == "timed_out" and isinstance(wait.names, list)
+    assert isinstance(wait.until, datetime) and wait.until.tzinfo is not None
+    assert isinstance(wait.created_at, datetime)
+    assert client.get(run.id) == run
+
+
+def test_lease_round_reports_a_drained_queue_and_its_next_due_task(database_url: str, schema: str,
+                                                                    worker: Worker) -> None:
+    settings = settings_for(database_url, schema)
+    with connect(database_url, settings.db) as conn:
+        conn.execute("INSERT INTO queues (name) VALUES ('rt_timers') ON CONFLICT DO NOTHING")
+        rows = conn.execute(q("lease_v1"), {"queue": "rt_timers", "limit": 2, "owner": "t", "ttl": 5}).fetchall()
+        # Nothing to lease: one marker row (id NULL) and no due task at all.
+        assert [(r[0], r[-1]) for r in rows] == [(None, None)]
+        conn.execute("INSERT INTO tasks (kind, schedule_name, queue, due_at) "
+                     "VALUES ('cron', 'rt-nothing', 'rt_timers', now() + interval '3 seconds')")
+        try:
+            rows = conn.execute(q("lease_v1"), {"queue": "rt_timers", "limit": 2, "owner": "t",
+                                                "ttl": 5}).fetchall()
+            [(task_id, next_due)] = [(r[0], r[-1]) for r in rows]
+            assert task_id is None and 2.0 < next_due <= 3.0
+        finally:
+            conn.execute("DELETE FROM tasks WHERE schedule_name = 'rt-nothing'")
