@@ -121,12 +121,13 @@ class Executor:
             return None
         step = target.step
         journal: dict[int, WaitRecord] = {}
-        with self.pool.connection() as conn:
-            if step.name != task.step:
-                cp.rename_step(conn, task, step.name)
-                task.step = step.name
-            if not task.fresh:
-                journal = self._journal(conn, task)
+        if step.name != task.step or not task.fresh:  # a plain step just entered needs no query
+            with self.pool.connection() as conn:
+                if step.name != task.step:
+                    cp.rename_step(conn, task, step.name)
+                    task.step = step.name
+                if not task.fresh:
+                    journal = self._journal(conn, task)
         return self._attempt(task, wf, graph, step, ctx, journal)
 
     def _journal(self, conn: Any, task: Task) -> dict[int, WaitRecord]:
@@ -157,27 +158,27 @@ class Executor:
                 return None
             return replace(task, token=token, fresh=False)
         except Exception as exc:
-            metrics.STEP_DURATION.labels(wf.name, step.name).observe(time.perf_counter() - t0)
+            metrics.child(metrics.STEP_DURATION, wf.name, step.name).observe(time.perf_counter() - t0)
             err = error_of(step.name, exc)
             if isinstance(exc, InvalidInput):
                 exc = _BadOutput(str(exc))
             if step.retry.should_retry(exc, task.attempt):
                 delay = step.retry.delay(task.attempt)
-                metrics.STEP_ATTEMPTS.labels(wf.name, step.name, "retry").inc()
+                metrics.child(metrics.STEP_ATTEMPTS, wf.name, step.name, "retry").inc()
                 metrics.STEP_RETRIES.labels(wf.name, step.name).inc()
                 log.warning("step failed; will retry", extra={**extra, "action": "retry", "delay_ms": delay,
                                                                "error": err["message"]})
                 self._checkpoint(lambda conn: cp.retry(conn, task, step=step.name, error=err, delay_ms=delay,
                                                        started_at=started_at, worker=self.owner))
                 return None
-            metrics.STEP_ATTEMPTS.labels(wf.name, step.name, "failed").inc()
+            metrics.child(metrics.STEP_ATTEMPTS, wf.name, step.name, "failed").inc()
             log.warning("step failed", extra={**extra, "action": "step_failed", "error": err["message"]})
             parallel = graph.parallel_of.get(step.name)
             if parallel is not None:
                 return self._member_done(task, graph, step, "failed", None, err, started_at)
             return self._fail(task, graph, step.name, err, started_at)
-        metrics.STEP_DURATION.labels(wf.name, step.name).observe(time.perf_counter() - t0)
-        metrics.STEP_ATTEMPTS.labels(wf.name, step.name, "succeeded").inc()
+        metrics.child(metrics.STEP_DURATION, wf.name, step.name).observe(time.perf_counter() - t0)
+        metrics.child(metrics.STEP_ATTEMPTS, wf.name, step.name, "succeeded").inc()
         if step.name in graph.parallel_of:
             return self._member_done(task, graph, step, "succeeded", ctx_json, None, started_at)
         return self._advance(task, graph, step.name, step.name, new_ctx, ctx_json, started_at)
@@ -191,7 +192,7 @@ class Executor:
             conn, task, step=recorded, next_node=nxt, next_queue=queue, ctx_json=ctx_json, started_at=started_at,
             worker=self.owner, lease_ttl=self.ttl, keep=keep))
         if nxt is None:
-            metrics.RUNS_FINISHED.labels(graph.wf.name, "succeeded").inc()
+            metrics.child(metrics.RUNS_FINISHED, graph.wf.name, "succeeded").inc()
             log.info("run succeeded", extra={"action": "run_succeeded", "run_id": task.run_id})
         if token is None:
             return None
@@ -283,7 +284,7 @@ class Executor:
 
         token = self._checkpoint(record)
         if not comps:
-            metrics.RUNS_FINISHED.labels(graph.wf.name, final_status).inc()
+            metrics.child(metrics.RUNS_FINISHED, graph.wf.name, final_status).inc()
             log.info("run ended", extra={"action": f"run_{final_status}", "run_id": task.run_id, "step": step})
         if token is None:
             return None
