@@ -98,6 +98,7 @@ def configure(settings: kopf.OperatorSettings, args: argparse.Namespace) -> None
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    trace.hook_watch()
     if args.priority is None:
         args.priority = random.randint(1, 1_000_000)
     setup_logs(args.log_level)
