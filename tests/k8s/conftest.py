@@ -30,9 +30,9 @@ NS = "durable-test"
 LEADER_PRIORITY = 100  # the module's operator; fault tests start replicas below or above it
 
 
-def start_kube() -> KubeAPIServer:
+def start_kube(*apiserver_args: str) -> KubeAPIServer:
     try:
-        server = KubeAPIServer()
+        server = KubeAPIServer(extra_apiserver_args=list(apiserver_args))
     except BinariesMissing as e:
         missing_binaries(e)
     server.start()
