@@ -17,6 +17,9 @@ import psycopg
 from durable.settings import DatabaseSettings, LimitSettings, Settings, WorkerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
+# Child processes import this checkout's packages, even where the virtualenv's editable install points
+# at another checkout (a git worktree).
+CHILD_PYTHONPATH = os.pathsep.join(str(p) for p in (ROOT / "runtime", ROOT / "operator", ROOT))
 
 
 def missing_binaries(exc: Exception) -> NoReturn:
@@ -86,7 +89,7 @@ class WorkerProcess(ChildProcess):
         for queue in queues or []:
             self.args += ["--queue", queue]
         self.env = {**os.environ, "DURABLE_DATABASE_URL": url, "DURABLE_SCHEMA": schema,
-                    "DURABLE_LEASE_SECONDS": "3", "DURABLE_POLL_MAX_MS": "500", "PYTHONPATH": str(ROOT),
+                    "DURABLE_LEASE_SECONDS": "3", "DURABLE_POLL_MAX_MS": "500", "PYTHONPATH": CHILD_PYTHONPATH,
                     **(env or {})}
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None

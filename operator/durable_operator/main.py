@@ -2,7 +2,8 @@
 
 Flags: ``--namespace NS`` (repeatable) or ``--all-namespaces``; ``--liveness-port``;
 ``--metrics-port``; ``--priority`` (peering; random by default so replicas of one Deployment elect
-one active member). Kubernetes credentials come from ``KUBECONFIG`` or the in-cluster service
+one active member); ``--resync-seconds``; ``--watch-timeout`` (seconds before the API server ends each
+watch and Kopf resumes it). Kubernetes credentials come from ``KUBECONFIG`` or the in-cluster service
 account; the database from ``DURABLE_DATABASE_URL`` / ``DURABLE_SCHEMA``.
 """
 
@@ -50,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--standalone", action="store_true", help="No peering: act even if other replicas run.")
     p.add_argument("--resync-seconds", type=float, default=float(os.environ.get("DURABLE_OPERATOR_RESYNC", 30)),
                    help="Re-check every active run this often, in case a notification was lost.")
+    p.add_argument("--watch-timeout", type=int, default=int(os.environ.get("DURABLE_OPERATOR_WATCH_TIMEOUT", 300)),
+                   help="Ask the API server to end each watch after this many seconds (Kopf then reconnects).")
     p.add_argument("--log-level", default=os.environ.get("DURABLE_LOG_LEVEL", "INFO"))
     return p.parse_args(argv)
 
@@ -79,8 +82,8 @@ def configure(settings: kopf.OperatorSettings, args: argparse.Namespace) -> None
         prefix="durable.dev", key="last-handled-configuration", ignored_fields=["metadata"])
     # Watches end every few minutes on their own; a silent connection is dropped after client_timeout.
     # Kopf re-lists on 410 Gone and reconnects with back-off after API server restarts.
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
+    settings.watching.server_timeout = args.watch_timeout
+    settings.watching.client_timeout = args.watch_timeout + 30
     settings.watching.connect_timeout = 10
     settings.watching.reconnect_backoff = 1.0
     settings.networking.request_timeout = 30
@@ -98,6 +101,7 @@ def configure(settings: kopf.OperatorSettings, args: argparse.Namespace) -> None
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    trace.hook_watch()
     if args.priority is None:
         args.priority = random.randint(1, 1_000_000)
     setup_logs(args.log_level)

@@ -236,7 +236,7 @@ def _observe_needed(event: kopf.RawEvent, spec: kopf.Spec, status: kopf.Status, 
         return True
     if not status.get("runId"):
         if trace.enabled:
-            trace.mark(f"{namespace}/{name}", "kopf-event")
+            trace.mark(f"{namespace}/{name}", "kopf-event", str(event.get("type")))
         return False
     if status.get("phase") in TERMINAL_PHASES and meta.get("labels", {}).get(LABEL_COMPLETED) == "true":
         # Finished and labelled: the reflector is done with it; only a TTL may still need a timer.

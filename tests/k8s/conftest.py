@@ -21,7 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.k8s_harness import BinariesMissing, KubeAPIServer, free_port
-from tests.support import ROOT, ChildProcess, WorkerProcess, missing_binaries, wait_until
+from tests.support import CHILD_PYTHONPATH, ROOT, ChildProcess, WorkerProcess, missing_binaries, wait_until
 
 EXAMPLE_APPS = ["examples.order_processing", "examples.expense_approval", "examples.dashboard",
                 "examples.bulk_emailer", "examples.trip_booking", "examples.daily_report",
@@ -30,9 +30,9 @@ NS = "durable-test"
 LEADER_PRIORITY = 100  # the module's operator; fault tests start replicas below or above it
 
 
-def start_kube() -> KubeAPIServer:
+def start_kube(*apiserver_args: str) -> KubeAPIServer:
     try:
-        server = KubeAPIServer()
+        server = KubeAPIServer(extra_apiserver_args=list(apiserver_args))
     except BinariesMissing as e:
         missing_binaries(e)
     server.start()
@@ -54,7 +54,7 @@ class OperatorProcess(ChildProcess):
         self.args = [*cmd, "--namespace", NS, "--liveness-port", str(self.liveness_port),
                      "--metrics-port", str(self.metrics_port), *extra]
         self.env = {**kube.env(), "DURABLE_DATABASE_URL": url, "DURABLE_SCHEMA": schema,
-                    "DURABLE_OPERATOR_RESYNC": "10", "PYTHONPATH": str(ROOT)}
+                    "DURABLE_OPERATOR_RESYNC": "10", "PYTHONPATH": CHILD_PYTHONPATH}
         self.log_path = log_path
         self.stop_grace = 15.0
 
