@@ -59,6 +59,7 @@ class Executor:
         self.ttl = settings.worker.lease_seconds
         self.max_bytes = settings.limits.max_context_bytes
         self._timeout_pool = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="durable-timed-step")
+        self.group = cp.GroupCommit(pool, owner, self.ttl)
 
     # -- dispatch ---------------------------------------------------------------------------------
 
@@ -92,8 +93,11 @@ class Executor:
             with self.pool.connection() as conn:
                 return record(conn)
 
+        return self._retrying(attempt)
+
+    def _retrying(self, checkpoint: Callable[[], T]) -> T:
         try:
-            return retry_while_unreachable(attempt, within=self.ttl, what="checkpoint")
+            return retry_while_unreachable(checkpoint, within=self.ttl, what="checkpoint")
         except psycopg.OperationalError as exc:
             raise cp.LeaseLost(f"database unreachable for the whole lease: {exc}") from exc
 
@@ -188,9 +192,9 @@ class Executor:
         nxt = graph.after(at)
         queue = self._queue_of(graph, nxt, task) if nxt else task.queue
         keep = nxt is not None and queue == task.queue
-        token = self._checkpoint(lambda conn: cp.advance(
-            conn, task, step=recorded, next_node=nxt, next_queue=queue, ctx_json=ctx_json, started_at=started_at,
-            worker=self.owner, lease_ttl=self.ttl, keep=keep))
+        token = self._retrying(lambda: self.group.advance(
+            task, step=recorded, next_node=nxt, next_queue=queue, ctx_json=ctx_json, started_at=started_at,
+            keep=keep))
         if nxt is None:
             metrics.child(metrics.RUNS_FINISHED, graph.wf.name, "succeeded").inc()
             log.info("run succeeded", extra={"action": "run_succeeded", "run_id": task.run_id})

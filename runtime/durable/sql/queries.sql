@@ -284,3 +284,9 @@ SELECT durable_advance_v1(%(task_id)s, %(token)s, %(run_id)s, %(step)s, %(attemp
 -- name: succeed_v1
 SELECT durable_succeed_v1(%(task_id)s, %(token)s, %(run_id)s, %(step)s, %(attempt)s, %(context)s::jsonb,
                           %(worker)s, %(started_at)s);
+
+-- name: checkpoint_batch_v1
+SELECT durable_checkpoint_batch_v1(%(task_ids)s::bigint[], %(tokens)s::uuid[], %(run_ids)s::uuid[],
+                                   %(steps)s::text[], %(attempts)s::integer[], %(contexts)s::text[], %(worker)s,
+                                   %(started_ats)s::timestamptz[], %(nexts)s::text[], %(next_queues)s::text[],
+                                   %(new_tokens)s::uuid[], %(ttl)s);
