@@ -118,3 +118,35 @@ def test_lease_round_reports_a_drained_queue_and_its_next_due_task(database_url:
             assert task_id is None and 2.0 < next_due <= 3.0
         finally:
             conn.execute("DELETE FROM tasks WHERE schedule_name = 'rt-nothing'")
+
+
+def test_a_lease_round_does_not_walk_a_queue_of_sleeping_tasks(database_url: str, schema: str,
+                                                                worker: Worker) -> None:
+    """Thousands of sleeping runs in a queue: a dispatch round that finds nothing ready reads a few index
+    entries (one range per priority), not every task of the queue (counted by PostgreSQL's statistics)."""
+    settings = settings_for(database_url, schema)
+
+    def tuples_read(conn: psycopg.Connection[Any]) -> int:
+        conn.execute("SELECT pg_stat_force_next_flush()")  # this backend's counts, flushed when it idles
+        row = conn.execute("SELECT coalesce(idx_tup_fetch, 0) + coalesce(seq_tup_read, 0) "
+                           "FROM pg_stat_user_tables WHERE schemaname = %s AND relname = 'tasks'", [schema]).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    with connect(database_url, settings.db) as conn:
+        conn.execute("INSERT INTO queues (name) VALUES ('rt_sleepy') ON CONFLICT DO NOTHING")
+        conn.execute("INSERT INTO tasks (kind, schedule_name, queue, priority, due_at) "
+                     "SELECT 'cron', 'rt-sleepy-' || i, 'rt_sleepy', i % 3, now() + make_interval(secs => 60 + i) "
+                     "FROM generate_series(1, 3000) AS i")
+        conn.execute("ANALYZE tasks")
+        try:
+            for _ in range(3):  # past the plan cache's first custom plans
+                conn.execute(q("lease_v1"), {"queue": "rt_sleepy", "limit": 4, "owner": "t", "ttl": 5}).fetchall()
+            before = tuples_read(conn)
+            rows = conn.execute(q("lease_v1"), {"queue": "rt_sleepy", "limit": 4, "owner": "t", "ttl": 5}).fetchall()
+            read = tuples_read(conn) - before
+            [(task_id, next_due)] = [(r[0], r[-1]) for r in rows]
+            assert task_id is None and 60.0 < next_due <= 61.5  # the earliest sleeper, whatever its priority
+            assert read < 100, f"one dispatch round read {read} task rows of a queue of 3,000 sleeping ones"
+        finally:
+            conn.execute("DELETE FROM tasks WHERE queue = 'rt_sleepy'")
