@@ -85,6 +85,8 @@ class Worker:
         self._wake = threading.Event()
         # Queues that may hold ready tasks we left for lack of a free slot (see _lease_round).
         self._starved: set[str] = set()
+        self._round = threading.Lock()  # one lease round at a time, on the dispatcher or the listen thread
+        self._sleep_until = 0.0  # when the dispatcher's next round is due
         self._stop = threading.Event()
         self.loop = asyncio.new_event_loop()
         self._threads: list[threading.Thread] = []
@@ -141,7 +143,9 @@ class Worker:
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                wait = self._lease_round()
+                with self._round:
+                    wait = self._lease_round()
+                    self._sleep_until = time.monotonic() + wait
                 if time.monotonic() - last_gauges > 5:
                     last_gauges = time.monotonic()
                     self._update_gauges()
@@ -151,6 +155,23 @@ class Worker:
                 wait, backoff = backoff, min(backoff * 2, 2.0)
             if wait > 0:
                 self._wake.wait(wait)
+
+    def _announced(self) -> None:
+        """A task was announced: lease it right here, on the listen thread, when no round is running (one
+        thread hand-off fewer per new run than waking the dispatcher); else leave it to the dispatcher."""
+        if not self._round.acquire(blocking=False):
+            self._wake.set()
+            return
+        try:
+            wait = self._lease_round()
+            due = time.monotonic() + wait
+            if due < self._sleep_until:  # e.g. a new timer due before the dispatcher means to look again
+                self._sleep_until = due
+                self._wake.set()
+        except psycopg.OperationalError:
+            self._wake.set()  # the dispatcher backs off and retries
+        finally:
+            self._round.release()
 
     def _lease_round(self) -> float:
         """Lease what the free slots can take; returns how long to sleep before the next round.
@@ -233,7 +254,7 @@ class Worker:
                     while not self._stop.is_set():
                         for n in conn.notifies(timeout=1.0):
                             if n.payload in self.queues:
-                                self._wake.set()
+                                self._announced()
             except psycopg.OperationalError:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
