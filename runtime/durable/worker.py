@@ -131,7 +131,8 @@ class Worker:
         for t in self._threads:
             if t.name == "durable-dispatch":
                 t.join(grace)  # no new task may be handed to the slots once they shut down
-        self.slots.shutdown(wait=True, cancel_futures=True)
+        with self._round:  # a round the listen thread is running finishes handing its tasks to the slots
+            self.slots.shutdown(wait=True, cancel_futures=True)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.pool.close(timeout=grace)
 
@@ -163,6 +164,8 @@ class Worker:
             self._wake.set()
             return
         try:
+            if self._stop.is_set():
+                return  # stopping: the slots may no longer take tasks
             wait = self._lease_round()
             due = time.monotonic() + wait
             if due < self._sleep_until:  # e.g. a new timer due before the dispatcher means to look again
