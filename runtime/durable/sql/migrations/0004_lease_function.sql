@@ -12,6 +12,15 @@
 -- The runs are read and updated one key lookup at a time rather than joined to the leased rows:
 -- a join is planned once per connection, often while the tables are still small, and a plan
 -- that scans executions then stays in use however large the table grows.
+--
+-- Tasks are picked one priority at a time. The index tasks_ready is (queue, priority DESC,
+-- due_at), and "due_at <= now()" only bounds an index range within one priority: a pick ordered
+-- by priority across the whole queue would read every task of the queue whenever fewer were
+-- ready than asked for (the usual case for a worker with free slots), and the next-due minimum
+-- would read them all again, so a queue holding many sleeping runs (durable sleeps, schedule_at,
+-- retry back-offs, wait timeouts) would make every dispatch round cost O(tasks). Each priority
+-- present in the queue (found by index probes, highest first) is one bounded range scan instead:
+-- ready tasks plus the few in flight.
 CREATE FUNCTION durable_lease_v1(p_queue text, p_limit integer, p_owner text, p_ttl double precision)
 RETURNS TABLE (id bigint, run_id uuid, kind text, step text, schedule_name text, queue text, priority integer,
                attempt integer, lease_token uuid, workflow text, run_queue text, status text, context jsonb,
@@ -21,56 +30,74 @@ LANGUAGE plpgsql AS $$
 DECLARE
     r record;
     v_leased integer := 0;
+    v_prio integer;
+    v_next timestamptz;
 BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);
-    FOR r IN
-        WITH picked AS (
-            SELECT t.id FROM tasks t
-            WHERE t.queue = p_queue AND t.due_at <= now()
-              AND (t.lease_token IS NULL OR t.lease_expires_at < now())
-            ORDER BY t.priority DESC, t.due_at, t.id
-            LIMIT p_limit
-            FOR UPDATE SKIP LOCKED
-        )
-        UPDATE tasks t
-        SET lease_token = gen_random_uuid(), lease_owner = p_owner,
-            lease_expires_at = now() + make_interval(secs => p_ttl)
-        FROM picked WHERE t.id = picked.id
-        RETURNING t.id, t.run_id, t.kind, t.step, t.schedule_name, t.queue, t.priority, t.attempt, t.lease_token
-    LOOP
-        v_leased := v_leased + 1;
-        id := r.id; run_id := r.run_id; kind := r.kind; step := r.step; schedule_name := r.schedule_name;
-        queue := r.queue; priority := r.priority; attempt := r.attempt; lease_token := r.lease_token;
-        workflow := NULL; run_queue := NULL; status := NULL; context := NULL; deadline := NULL;
-        has_journal := false; started := false; next_due := NULL;
-        IF r.run_id IS NOT NULL THEN
-            IF r.kind IN ('step', 'join') THEN
-                UPDATE executions e
-                SET status = 'running', started_at = coalesce(e.started_at, now()), updated_at = now()
-                WHERE e.id = r.run_id AND e.status IN ('pending', 'waiting')
-                RETURNING e.workflow, e.queue, e.status, e.context, e.deadline
-                INTO workflow, run_queue, status, context, deadline;
-                started := FOUND;
+    v_prio := (SELECT t.priority FROM tasks t WHERE t.queue = p_queue ORDER BY t.priority DESC LIMIT 1);
+    WHILE v_prio IS NOT NULL AND v_leased < p_limit LOOP
+        FOR r IN
+            WITH picked AS (
+                SELECT t.id FROM tasks t
+                WHERE t.queue = p_queue AND t.priority = v_prio AND t.due_at <= now()
+                  AND (t.lease_token IS NULL OR t.lease_expires_at < now())
+                ORDER BY t.due_at, t.id
+                LIMIT p_limit - v_leased
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE tasks t
+            SET lease_token = gen_random_uuid(), lease_owner = p_owner,
+                lease_expires_at = now() + make_interval(secs => p_ttl)
+            FROM picked WHERE t.id = picked.id
+            RETURNING t.id, t.run_id, t.kind, t.step, t.schedule_name, t.queue, t.priority, t.attempt, t.lease_token
+        LOOP
+            v_leased := v_leased + 1;
+            id := r.id; run_id := r.run_id; kind := r.kind; step := r.step; schedule_name := r.schedule_name;
+            queue := r.queue; priority := r.priority; attempt := r.attempt; lease_token := r.lease_token;
+            workflow := NULL; run_queue := NULL; status := NULL; context := NULL; deadline := NULL;
+            has_journal := false; started := false; next_due := NULL;
+            IF r.run_id IS NOT NULL THEN
+                IF r.kind IN ('step', 'join') THEN
+                    UPDATE executions e
+                    SET status = 'running', started_at = coalesce(e.started_at, now()), updated_at = now()
+                    WHERE e.id = r.run_id AND e.status IN ('pending', 'waiting')
+                    RETURNING e.workflow, e.queue, e.status, e.context, e.deadline
+                    INTO workflow, run_queue, status, context, deadline;
+                    started := FOUND;
+                END IF;
+                IF started THEN
+                    PERFORM pg_notify('durable_runs', r.run_id::text);
+                ELSE
+                    SELECT e.workflow, e.queue, e.status, e.context, e.deadline
+                    INTO workflow, run_queue, status, context, deadline
+                    FROM executions e WHERE e.id = r.run_id;
+                END IF;
+                has_journal := EXISTS (SELECT 1 FROM waits w WHERE w.run_id = r.run_id AND w.step = r.step);
             END IF;
-            IF started THEN
-                PERFORM pg_notify('durable_runs', r.run_id::text);
-            ELSE
-                SELECT e.workflow, e.queue, e.status, e.context, e.deadline
-                INTO workflow, run_queue, status, context, deadline
-                FROM executions e WHERE e.id = r.run_id;
-            END IF;
-            has_journal := EXISTS (SELECT 1 FROM waits w WHERE w.run_id = r.run_id AND w.step = r.step);
-        END IF;
-        RETURN NEXT;
+            RETURN NEXT;
+        END LOOP;
+        v_prio := (SELECT t.priority FROM tasks t WHERE t.queue = p_queue AND t.priority < v_prio
+                   ORDER BY t.priority DESC LIMIT 1);
     END LOOP;
     IF v_leased < p_limit THEN
-        -- A separate statement: it must see the leases just taken (their expiry, not their due time).
+        -- Separate statements: they must see the leases just taken (their expiry, not their due time).
         id := NULL; run_id := NULL; kind := NULL; step := NULL; schedule_name := NULL; queue := p_queue;
         priority := NULL; attempt := NULL; lease_token := NULL; workflow := NULL; run_queue := NULL;
         status := NULL; context := NULL; deadline := NULL; has_journal := NULL; started := NULL;
-        SELECT extract(epoch FROM (min(CASE WHEN t.lease_token IS NULL THEN t.due_at ELSE t.lease_expires_at END)
-                                   - now()))::double precision
-        INTO next_due FROM tasks t WHERE t.queue = p_queue;
+        -- The earliest unleased task of each priority is at the front of its index range, behind at
+        -- most the few in flight; leases in flight are found through tasks_by_lease.
+        v_prio := (SELECT t.priority FROM tasks t WHERE t.queue = p_queue ORDER BY t.priority DESC LIMIT 1);
+        WHILE v_prio IS NOT NULL LOOP
+            v_next := least(v_next, (SELECT t.due_at FROM tasks t
+                                     WHERE t.queue = p_queue AND t.priority = v_prio AND t.lease_token IS NULL
+                                     ORDER BY t.due_at LIMIT 1));
+            v_prio := (SELECT t.priority FROM tasks t WHERE t.queue = p_queue AND t.priority < v_prio
+                       ORDER BY t.priority DESC LIMIT 1);
+        END LOOP;
+        v_next := least(v_next, (SELECT t.lease_expires_at FROM tasks t
+                                 WHERE t.lease_token IS NOT NULL AND t.queue = p_queue
+                                 ORDER BY t.lease_expires_at LIMIT 1));
+        next_due := extract(epoch FROM (v_next - now()))::double precision;
         RETURN NEXT;
     END IF;
 END;
