@@ -83,28 +83,38 @@ def connect(url: str, settings: DatabaseSettings) -> psycopg.Connection[Any]:
 
 
 _IDLE_CHECK_SECONDS = 1.0
-_returned_at: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = weakref.WeakKeyDictionary()
 
 
-def _mark_returned(conn: psycopg.Connection[Any]) -> None:
-    _returned_at[conn] = time.monotonic()
+class _CheckedPool(ConnectionPool):
+    """Tests a connection before lending it only when it has been idle a while: one used a moment
+    ago is alive, and testing every one costs a round trip per call on busy clients, while idle
+    ones may have died with a restarted server.
 
+    The return time is stamped here, in the returning thread. (A pool ``reset`` callback could
+    stamp it too, but then psycopg_pool hands every returned connection to its worker thread:
+    a thread hop per call, which was a sixth of a busy client's CPU.)"""
 
-def _check_if_idle(conn: psycopg.Connection[Any]) -> None:
-    # A connection used a moment ago is alive; testing only idle ones saves a round trip per call
-    # on busy clients while still catching connections that died with a restarted server.
-    if time.monotonic() - _returned_at.get(conn, 0.0) > _IDLE_CHECK_SECONDS:
-        ConnectionPool.check_connection(conn)
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        self._returned_at: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = weakref.WeakKeyDictionary()
+        super().__init__(url, check=self._check_if_idle, **kwargs)
+
+    def putconn(self, conn: psycopg.Connection[Any]) -> None:
+        self._returned_at[conn] = time.monotonic()
+        super().putconn(conn)
+
+    def _check_if_idle(self, conn: psycopg.Connection[Any]) -> None:
+        if time.monotonic() - self._returned_at.get(conn, 0.0) > _IDLE_CHECK_SECONDS:
+            ConnectionPool.check_connection(conn)
 
 
 def make_pool(url: str, settings: DatabaseSettings, *, size: int, name: str,
               check: bool = False) -> ConnectionPool:
     """A short ``timeout`` lets callers waiting for a connection during an outage fall back to their
-    own retry loops; ``check`` tests a connection before lending it (clients, whose connections
-    may sit idle across a server restart)."""
-    pool = ConnectionPool(url, min_size=1, max_size=max(size, 1), kwargs=connect_kwargs(settings),
-                          name=name, open=False, reconnect_timeout=300.0, timeout=5.0,
-                          check=_check_if_idle if check else None, reset=_mark_returned if check else None)
+    own retry loops; ``check`` tests a connection idle for a while before lending it (clients,
+    whose connections may sit idle across a server restart)."""
+    kwargs: dict[str, Any] = {"min_size": 1, "max_size": max(size, 1), "kwargs": connect_kwargs(settings),
+                              "name": name, "open": False, "reconnect_timeout": 300.0, "timeout": 5.0}
+    pool = _CheckedPool(url, **kwargs) if check else ConnectionPool(url, **kwargs)
     pool.open(wait=False)
     return pool
 
