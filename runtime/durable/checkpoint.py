@@ -73,11 +73,11 @@ def advance(conn: Conn, task: Task, *, step: str | None, next_node: str | None, 
     """Record a finished step (``step`` None for a join) and move to ``next_node``, or finish the run.
 
     ``new_token`` keeps the next task leased to us (the fast path). One function call, one round
-    trip, one commit (see migration 0003); several at once go through ``GroupCommit``."""
+    trip, one commit (see migrations 0003 and 0006); several at once go through ``GroupCommit``."""
     params = {"task_id": task.id, "token": task.token, "run_id": task.run_id, "step": step,
               "attempt": task.attempt, "context": ctx_json, "worker": worker, "started_at": started_at}
     if next_node is None:
-        if not conn.execute(q("succeed_v1"), params).fetchone()[0]:  # type: ignore[index]
+        if not conn.execute(q("succeed_v2"), params).fetchone()[0]:  # type: ignore[index]
             raise LeaseLost(task.id)
         return None
     row = conn.execute(q("advance_v1"), {**params, "next": next_node, "next_queue": next_queue,
@@ -181,7 +181,7 @@ class GroupCommit:
         batch.sort(key=lambda r: str(r.task.run_id))
         try:
             with self.pool.connection() as conn:
-                row = conn.execute(q("checkpoint_batch_v1"), {
+                row = conn.execute(q("checkpoint_batch_v2"), {
                     "task_ids": [r.task.id for r in batch], "tokens": [r.task.token for r in batch],
                     "run_ids": [r.task.run_id for r in batch], "steps": [r.step for r in batch],
                     "attempts": [r.task.attempt for r in batch], "contexts": [r.ctx_json for r in batch],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import json
 import threading
 import time
 import uuid
@@ -31,12 +32,17 @@ class _RunWatcher:
     """One LISTEN connection per client, fanning ``durable_finished`` notifications (sent when a run
     reaches a terminal status) out to waiters.
 
-    It also remembers the runs this client started while it was listening (``track``): for those,
-    the absence of a notification already says the run has not finished, so ``Client.wait`` need
-    not ask the database before waiting. A (re)connection starts a new generation: runs tracked in
-    an earlier one may have finished while nobody listened, and are checked in the database."""
+    A notification carries the finished run itself when it fits (migration 0006), so a waiter
+    usually has nothing left to ask the database; it is kept (``record``) until the run's last
+    waiter leaves. The watcher also remembers the runs this client started while it was listening
+    (``track``): for those, the absence of a notification already says the run has not finished, so
+    ``Client.wait`` need not ask the database before waiting, and one that finishes before anyone
+    waits keeps its record for the wait to come. A (re)connection starts a new generation: runs
+    tracked in an earlier one may have finished while nobody listened, and are checked in the
+    database."""
 
     _TRACKED_MAX = 10_000  # runs started and never waited for must not grow without bound
+    _KEPT_BYTES_MAX = 8 << 20  # nor their records: past this, a later wait reads the run instead
 
     def __init__(self, url: str, settings: DatabaseSettings) -> None:
         self._url = url
@@ -49,6 +55,8 @@ class _RunWatcher:
         self._listening = False
         self._tracked: dict[str, int] = {}  # run id -> generation it was started in
         self._finished: set[str] = set()  # tracked runs notified before anyone waited for them
+        self._records: dict[str, str] = {}  # run id -> its finished record ("" when it did not fit)
+        self._kept_bytes = 0
         self._thread = threading.Thread(target=self._run, name="durable-run-watcher", daemon=True)
         self._thread.start()
         self._ready.wait(5)
@@ -63,11 +71,14 @@ class _RunWatcher:
                 oldest = next(iter(self._tracked))
                 del self._tracked[oldest]
                 self._finished.discard(oldest)
+                self._drop(oldest)
 
     def untrack(self, run_id: str) -> None:
         with self._lock:
             self._tracked.pop(run_id, None)
             self._finished.discard(run_id)
+            if run_id not in self._waiters:
+                self._drop(run_id)
 
     def subscribe(self, run_id: str) -> tuple[threading.Event, bool]:
         """The event is set when ``run_id`` finishes. The flag is True when the watcher has listened
@@ -89,6 +100,23 @@ class _RunWatcher:
                 evs.remove(ev)
             if not evs:
                 self._waiters.pop(run_id, None)
+                self._drop(run_id)
+
+    def record(self, run_id: str) -> Any:
+        """The finished run as its notification carried it (``durable_run_v1``), or None."""
+        with self._lock:
+            text = self._records.get(run_id)
+        return json.loads(text) if text else None
+
+    def _keep(self, run_id: str, record: str) -> None:
+        if len(record) > self._KEPT_BYTES_MAX - self._kept_bytes:
+            record = ""
+        self._drop(run_id)
+        self._records[run_id] = record
+        self._kept_bytes += len(record)
+
+    def _drop(self, run_id: str) -> None:
+        self._kept_bytes -= len(self._records.pop(run_id, ""))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -101,10 +129,15 @@ class _RunWatcher:
                     self._ready.set()
                     while not self._stop.is_set():
                         for n in conn.notifies(timeout=0.5):
+                            # '<run id> <record>', or the bare run id (too big to carry, or an older worker)
+                            run_id, _, record = n.payload.partition(" ")
                             with self._lock:
-                                evs = list(self._waiters.get(n.payload, ()))
-                                if not evs and n.payload in self._tracked:
-                                    self._finished.add(n.payload)
+                                evs = list(self._waiters.get(run_id, ()))
+                                if evs:
+                                    self._keep(run_id, record)
+                                elif run_id in self._tracked:
+                                    self._finished.add(run_id)
+                                    self._keep(run_id, record)
                             for ev in evs:
                                 ev.set()
             except psycopg.OperationalError:
@@ -186,10 +219,9 @@ class Client:
         store.check_run_id(run_id)
         with self._pool.connection() as conn:
             row = conn.execute(q("get_run"), {"run_id": run_id}).fetchone()
-        if row is None:
+        if row is None or row[0] is None:
             raise RunNotFound(f"no run with id {run_id}")
-        *run, steps, waits = row
-        return Run.from_row(tuple(run), steps, waits)
+        return Run.from_record(row[0])
 
 
     def list(self, workflow: str | None = None, status: str | None = None, limit: int = 100) -> list[Run]:
@@ -219,8 +251,9 @@ class Client:
     def wait(self, run_id: str, timeout: float | None = None) -> Run:
         """Block until the run finishes; raises ``RunTimeout`` after ``timeout`` seconds.
 
-        A run this client started needs one query, for the finished run; any other run one more,
-        to learn whether it has already finished. A check every second covers a lost notification."""
+        A run this client started needs no query when its notification carries the finished run,
+        else one; any other run one more, to learn whether it has already finished. A check every
+        second covers a lost notification."""
         store.check_run_id(run_id)
         with self._lock:
             if self._watcher is None:
@@ -232,7 +265,8 @@ class Client:
             status = None if known else self._status(run_id)
             while True:
                 if notified or status in FINISHED:
-                    run = self.get(run_id)
+                    record = self._watcher.record(run_id) if notified else None
+                    run = Run.from_record(record) if record is not None else self.get(run_id)
                     if run.finished:
                         return run
                     status = run.status

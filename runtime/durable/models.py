@@ -89,6 +89,13 @@ class Run(BaseModel):
         return self.status in FINISHED
 
     @classmethod
+    def from_record(cls, record: Sequence[Any]) -> Run:
+        """From the JSON array of ``durable_run_v1`` (migration 0006): the run's row, then its steps
+        and its waits."""
+        *row, steps, waits = record
+        return cls.from_row(row, steps, waits)
+
+    @classmethod
     def from_row(cls, row: Sequence[Any], steps: Sequence[Sequence[Any]] = (),
                  waits: Sequence[Sequence[Any]] = ()) -> Run:
         """``steps`` and ``waits`` rows may come as JSON arrays (timestamps as ISO strings), which

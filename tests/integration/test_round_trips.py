@@ -9,7 +9,8 @@ from typing import Any
 
 import psycopg
 
-from durable import Client, Workflow, assign, sleep
+from durable import Client, NonRetryableError, Workflow, assign, sleep
+from durable.client import _RunWatcher
 from durable.db import connect, q
 from durable.worker import Worker
 from tests.support import settings_for, wait_until
@@ -25,6 +26,22 @@ def rt_one(input: Any) -> Any:
 @quick.step
 def rt_two(ctx: Any) -> Any:
     return assign(ctx, n=ctx["n"] + 1)
+
+
+bulky = Workflow("t_rt_bulky")
+
+
+@bulky.step
+def rt_bulky(input: Any) -> Any:
+    return {"blob": "x" * input["size"]}
+
+
+failing = Workflow("t_rt_fails")
+
+
+@failing.step
+def rt_fails(input: Any) -> Any:
+    raise NonRetryableError(f"no {input['what']}")
 
 
 napping = Workflow("t_rt_nap")
@@ -57,15 +74,64 @@ def test_wait_on_a_run_that_finished_before_wait_is_prompt(client: Client, datab
     assert run.status == "succeeded" and run.result == {"n": 3}
 
 
-def test_wait_for_a_run_this_client_started_asks_only_for_the_result(client: Client, monkeypatch: Any) -> None:
-    client.wait(client.start("t_rt_quick", {"n": 0}), timeout=10)  # the client now listens
-
+def _no_reads(client: Client, monkeypatch: Any) -> None:
     def no_status(run_id: str) -> str:
         raise AssertionError("the watcher already knows whether this run has finished")
 
+    def no_get(run_id: str) -> Any:
+        raise AssertionError("the finish notification carried the finished run")
+
     monkeypatch.setattr(client, "_status", no_status)
+    monkeypatch.setattr(client, "get", no_get)
+
+
+def test_wait_for_a_run_this_client_started_asks_nothing(client: Client, monkeypatch: Any) -> None:
+    """The run's finish notification carries the finished run: waiting costs no query at all, for a run
+    that succeeds or fails, whether it finishes before or after the wait begins."""
+    client.wait(client.start("t_rt_quick", {"n": 0}), timeout=10)  # the client now listens
+    run_ids = [client.start("t_rt_quick", {"n": n}) for n in range(5)]
+    failed_id = client.start("t_rt_fails", {"what": "luck"})
+    expected = {run_id: client.get(run_id) for run_id in [*run_ids, failed_id]
+                if client.wait(run_id, timeout=10).finished}  # what a read of each finished run says
+    _no_reads(client, monkeypatch)
     for n in range(5):
         assert client.wait(client.start("t_rt_quick", {"n": n}), timeout=10).result == {"n": n + 2}
+    failed = client.wait(client.start("t_rt_fails", {"what": "luck"}), timeout=10)
+    assert failed.status == "failed" and failed.error and failed.error["message"] == "no luck"
+    assert [s.status for s in failed.steps] == ["failed"]
+    monkeypatch.undo()
+    for run_id, run in expected.items():
+        assert client.wait(run_id, timeout=10) == run  # read again: the same as the notification's
+
+
+def test_a_run_too_big_for_its_notification_is_read(client: Client, monkeypatch: Any) -> None:
+    """PostgreSQL caps a notification at 8000 bytes: a bigger finished run announces only its id, and
+    wait reads it; records kept for later waits stay within their budget."""
+    client.wait(client.start("t_rt_quick", {"n": 0}), timeout=10)
+    reads: list[str] = []
+    original = client.get
+
+    def counting_get(run_id: str) -> Any:
+        reads.append(run_id)
+        return original(run_id)
+
+    monkeypatch.setattr(client, "get", counting_get)
+    small = client.wait(client.start("t_rt_bulky", {"size": 10}), timeout=10)
+    big_id = client.start("t_rt_bulky", {"size": 9000})
+    big = client.wait(big_id, timeout=10)
+    assert small.result == {"blob": "x" * 10} and big.result == {"blob": "x" * 9000}
+    assert reads == [big_id]
+
+    monkeypatch.setattr(_RunWatcher, "_KEPT_BYTES_MAX", 600)  # room for about one small run's record
+    reads.clear()
+    run_ids = [client.start("t_rt_bulky", {"size": 10}) for _ in range(4)]
+    watcher = client._watcher
+    assert watcher is not None
+    wait_until(lambda: all(r in watcher._finished for r in run_ids), what="the runs to finish")
+    assert 0 < watcher._kept_bytes <= 600
+    assert [client.wait(r, timeout=10).result for r in run_ids] == [{"blob": "x" * 10}] * 4
+    assert 1 <= len(reads) <= 3  # the records past the budget were read instead
+    assert watcher._kept_bytes == 0 and not watcher._records
 
 
 def test_wait_on_a_run_started_elsewhere(client: Client, database_url: str, schema: str) -> None:

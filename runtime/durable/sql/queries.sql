@@ -47,7 +47,8 @@ SELECT pg_notify('durable_tasks', %(queue)s);
 SELECT pg_notify('durable_runs', %(run_id)s::text);
 
 -- name: notify_finished
-SELECT pg_notify('durable_finished', %(run_id)s::text);
+-- The finished run itself travels with the notification (migration 0006), so a waiting client need not read it.
+SELECT pg_notify('durable_finished', durable_finished_payload_v1(%(run_id)s::uuid));
 
 -- name: lease_v1
 SELECT * FROM durable_lease_v1(%(queue)s, %(limit)s, %(owner)s, %(ttl)s);
@@ -194,21 +195,8 @@ DELETE FROM waits WHERE run_id = %(run_id)s AND status = 'open';
 DELETE FROM mailbox WHERE run_id = %(run_id)s;
 
 -- name: get_run
--- One statement for a run with its step history and waits (as JSON arrays of rows), so reading a
--- run, which every Client.wait ends with, costs one round trip and one transaction.
-SELECT e.id, e.workflow, e.definition_hash, e.status, e.queue, e.priority, e.input, e.context, e.current_step,
-       e.attempt, e.result, e.error, e.idempotency_key, e.parent_id, e.scheduled_at, e.deadline, e.created_at,
-       e.started_at, e.updated_at, e.finished_at,
-       (w.graph -> 'index' ->> e.current_step)::int, (w.graph ->> 'total')::int,
-       (SELECT coalesce(json_agg(json_build_array(s.name, s.kind, s.attempt, s.status, s.output, s.error, s.worker,
-                                                  s.started_at, s.finished_at) ORDER BY s.id), '[]')
-        FROM steps s WHERE s.run_id = e.id),
-       (SELECT coalesce(json_agg(json_build_array(x.step, x.idx, x.kind, x.names, x.prompt, x.until, x.status,
-                                                  x.value, x.created_at, x.resolved_at)
-                                 ORDER BY x.created_at, x.idx), '[]')
-        FROM waits x WHERE x.run_id = e.id)
-FROM executions e LEFT JOIN workflows w ON w.name = e.workflow
-WHERE e.id = %(run_id)s;
+-- A run with its step history and waits (migration 0006), in one round trip and one transaction.
+SELECT durable_run_v1(%(run_id)s::uuid);
 
 -- name: get_execution_brief
 SELECT id, workflow, status, current_step, result, error, finished_at FROM executions WHERE id = %(run_id)s;
@@ -281,12 +269,12 @@ UPDATE deliveries SET outcome = %(outcome)s WHERE run_id = %(run_id)s AND delive
 SELECT durable_advance_v1(%(task_id)s, %(token)s, %(run_id)s, %(step)s, %(attempt)s, %(context)s::jsonb,
                           %(worker)s, %(started_at)s, %(next)s, %(next_queue)s, %(new_token)s, %(ttl)s);
 
--- name: succeed_v1
-SELECT durable_succeed_v1(%(task_id)s, %(token)s, %(run_id)s, %(step)s, %(attempt)s, %(context)s::jsonb,
+-- name: succeed_v2
+SELECT durable_succeed_v2(%(task_id)s, %(token)s, %(run_id)s, %(step)s, %(attempt)s, %(context)s::jsonb,
                           %(worker)s, %(started_at)s);
 
--- name: checkpoint_batch_v1
-SELECT durable_checkpoint_batch_v1(%(task_ids)s::bigint[], %(tokens)s::uuid[], %(run_ids)s::uuid[],
+-- name: checkpoint_batch_v2
+SELECT durable_checkpoint_batch_v2(%(task_ids)s::bigint[], %(tokens)s::uuid[], %(run_ids)s::uuid[],
                                    %(steps)s::text[], %(attempts)s::integer[], %(contexts)s::text[], %(worker)s,
                                    %(started_ats)s::timestamptz[], %(nexts)s::text[], %(next_queues)s::text[],
                                    %(new_tokens)s::uuid[], %(ttl)s);
