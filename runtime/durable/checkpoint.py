@@ -108,7 +108,7 @@ class GroupCommit:
     A slot that checkpoints while another checkpoint is committing queues its request and sleeps.
     When that commit is done, its leader wakes its followers and hands the lead to the oldest
     queued request, whose thread commits everything queued by then in one call, one transaction
-    and one commit (migration 0005), each run still with exactly its own step's checkpoint: every
+    and one commit (migrations 0005, 0006), each run still with exactly its own step's checkpoint: every
     step is still recorded in exactly one transaction, and no slot runs its next step before its
     checkpoint is durable. A commit is a WAL flush, holds PostgreSQL's NOTIFY lock through it and
     wakes every listener, so under load k checkpoints then cost one of each instead of k. An idle
