@@ -9,15 +9,15 @@ load, one commit for the steps several slots finished meanwhile (``GroupCommit``
 
 from __future__ import annotations
 
-import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from . import groupcommit
 from .db import q
 from .jsonutil import dumps
 from .store import Conn, finish_run, record_all_progress, resolve_wait, start_run
@@ -27,15 +27,6 @@ from .waits import WaitRequest
 
 class LeaseLost(Exception):
     """The task was taken by someone else (lease expired, run cancelled or timed out)."""
-
-
-_PENDING = object()
-
-
-def _held_lock() -> Any:
-    lock = threading.Lock()
-    lock.acquire()
-    return lock
 
 
 def _guard(conn: Conn, task: Task) -> tuple[Any, ...]:
@@ -96,98 +87,51 @@ class _Advance:
     ctx_json: str | None
     started_at: datetime
     new_token: str | None
-    # Held from birth; a leader releases it once our outcome is in, or to make us the next leader.
-    done: Any = field(default_factory=_held_lock)
-    lead: bool = False
-    outcome: Any = _PENDING
 
 
-class GroupCommit:
-    """Group commit of the worker's step checkpoints (``advance``), led by the slot threads themselves.
-
-    A slot that checkpoints while another checkpoint is committing queues its request and sleeps.
-    When that commit is done, its leader wakes its followers and hands the lead to the oldest
-    queued request, whose thread commits everything queued by then in one call, one transaction
-    and one commit (migrations 0005, 0006), each run still with exactly its own step's checkpoint: every
+class GroupCommit(groupcommit.GroupCommit[_Advance, "str | None"]):
+    """Group commit of the worker's step checkpoints (``advance``), led by the slot threads themselves
+    (see ``groupcommit``): everything queued behind a committing checkpoint goes in one call and one
+    commit (migrations 0005, 0006), each run still with exactly its own step's checkpoint, so every
     step is still recorded in exactly one transaction, and no slot runs its next step before its
-    checkpoint is durable. A commit is a WAL flush, holds PostgreSQL's NOTIFY lock through it and
-    wakes every listener, so under load k checkpoints then cost one of each instead of k. An idle
-    worker's checkpoint leads at once: a lone checkpoint waits for nothing.
-
-    No dedicated committer thread: handing every checkpoint to one costs a GIL hand-off each way,
-    which was slower than the commits it saved.
-    """
+    checkpoint is durable."""
 
     def __init__(self, pool: ConnectionPool, worker: str, lease_ttl: int) -> None:
+        super().__init__()
         self.pool = pool
         self.worker = worker
         self.lease_ttl = lease_ttl
-        self._lock = threading.Lock()
-        self._queue: list[_Advance] = []
-        self._busy = False
 
     def advance(self, task: Task, *, step: str | None, next_node: str | None, next_queue: str,
                 ctx_json: str | None, started_at: datetime, keep: bool) -> str | None:
         """As ``advance``; raises LeaseLost for this run alone, whatever happened to the others."""
-        req = _Advance(task, step, next_node, next_queue, ctx_json, started_at,
-                       str(uuid.uuid4()) if keep and next_node is not None else None)
-        with self._lock:
-            self._queue.append(req)
-            lead = not self._busy
-            self._busy = True
-        if not lead:
-            req.done.acquire()
-            lead = req.lead
-        if lead:
-            self._lead(req)
-        if isinstance(req.outcome, BaseException):
-            raise req.outcome
-        return cast("str | None", req.outcome)
+        return self.submit(_Advance(task, step, next_node, next_queue, ctx_json, started_at,
+                                    str(uuid.uuid4()) if keep and next_node is not None else None))
 
-    def _lead(self, me: _Advance) -> None:
-        with self._lock:
-            batch, self._queue = self._queue, []
-        try:
-            self._commit(batch)
-        finally:
-            with self._lock:
-                heir = self._queue[0] if self._queue else None
-                if heir is None:
-                    self._busy = False
-                else:
-                    heir.lead = True
-            if heir is not None:
-                heir.done.release()  # first: the database is the bottleneck, so keep it busy
-            for req in batch:
-                if req.outcome is _PENDING:
-                    req.outcome = RuntimeError("the checkpoint's leader failed; nothing is known of it")
-                if req is not me:
-                    req.done.release()
-
-    def _commit(self, batch: list[_Advance]) -> None:
-        """Record the batch and set each request's outcome; raises nothing a caller should not see."""
+    def commit(self, batch: list[groupcommit.Request[_Advance]]) -> None:
         if len(batch) == 1:
-            req = batch[0]
+            req, a = batch[0], batch[0].payload
             try:
                 with self.pool.connection() as conn:
-                    req.outcome = advance(conn, req.task, step=req.step, next_node=req.next_node,
-                                          next_queue=req.next_queue, ctx_json=req.ctx_json,
-                                          started_at=req.started_at, worker=self.worker, lease_ttl=self.lease_ttl,
-                                          new_token=req.new_token)
+                    req.outcome = advance(conn, a.task, step=a.step, next_node=a.next_node,
+                                          next_queue=a.next_queue, ctx_json=a.ctx_json,
+                                          started_at=a.started_at, worker=self.worker, lease_ttl=self.lease_ttl,
+                                          new_token=a.new_token)
             except Exception as exc:
                 req.outcome = exc
             return
         # Rows are locked in run id order, so two workers' batches cannot deadlock each other.
-        batch.sort(key=lambda r: str(r.task.run_id))
+        batch.sort(key=lambda r: str(r.payload.task.run_id))
+        items = [r.payload for r in batch]
         try:
             with self.pool.connection() as conn:
                 row = conn.execute(q("checkpoint_batch_v2"), {
-                    "task_ids": [r.task.id for r in batch], "tokens": [r.task.token for r in batch],
-                    "run_ids": [r.task.run_id for r in batch], "steps": [r.step for r in batch],
-                    "attempts": [r.task.attempt for r in batch], "contexts": [r.ctx_json for r in batch],
-                    "worker": self.worker, "started_ats": [r.started_at for r in batch],
-                    "nexts": [r.next_node for r in batch], "next_queues": [r.next_queue for r in batch],
-                    "new_tokens": [r.new_token for r in batch], "ttl": self.lease_ttl}).fetchone()
+                    "task_ids": [a.task.id for a in items], "tokens": [a.task.token for a in items],
+                    "run_ids": [a.task.run_id for a in items], "steps": [a.step for a in items],
+                    "attempts": [a.task.attempt for a in items], "contexts": [a.ctx_json for a in items],
+                    "worker": self.worker, "started_ats": [a.started_at for a in items],
+                    "nexts": [a.next_node for a in items], "next_queues": [a.next_queue for a in items],
+                    "new_tokens": [a.new_token for a in items], "ttl": self.lease_ttl}).fetchone()
         except psycopg.OperationalError as exc:
             # Whether it committed is unknown; each caller retries its own, guarded by its token.
             for req in batch:
@@ -196,10 +140,10 @@ class GroupCommit:
         except Exception:
             # One bad request rolled back them all: record each alone, so it fails only itself.
             for req in batch:
-                self._commit([req])
+                self.commit([req])
             return
         for req, ok in zip(batch, row[0], strict=True):  # type: ignore[index]
-            req.outcome = req.new_token if ok else LeaseLost(req.task.id)
+            req.outcome = req.payload.new_token if ok else LeaseLost(req.payload.task.id)
 
 
 def retry(conn: Conn, task: Task, *, step: str, error: dict[str, Any], delay_ms: int, started_at: datetime,

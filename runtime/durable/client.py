@@ -17,8 +17,9 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg_pool import ConnectionPool
 
-from . import metrics, store
+from . import groupcommit, metrics, store
 from .db import connect, make_pool, q, resolve_url
 from .dsl import REGISTRY
 from .errors import RunNotFound, RunTimeout
@@ -150,6 +151,51 @@ class _RunWatcher:
         self._stop.set()
 
 
+class _StartBatch(groupcommit.GroupCommit[dict[str, Any], tuple[str, bool]]):
+    """``Client.start``'s group commit (see ``groupcommit``): starts made by this client's threads while
+    another start is committing go in one call (``durable_start_batch_v1``, migration 0007) and one
+    commit. Each start is checked before it is queued; one that still fails in a batch is retried
+    alone, so it fails only itself."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        super().__init__()
+        self.pool = pool
+
+    def commit(self, batch: builtins.list[groupcommit.Request[dict[str, Any]]]) -> None:
+        if len(batch) == 1:
+            req = batch[0]
+            try:
+                with self.pool.connection() as conn:
+                    row = conn.execute(q("start_v1"), req.payload).fetchone()
+                req.outcome = (str(row[0]), bool(row[1]))  # type: ignore[index]
+            except Exception as exc:
+                req.outcome = exc
+            return
+        # Idempotency keys in one order, so two clients' batches cannot deadlock on them.
+        batch.sort(key=lambda r: (r.payload["idempotency_key"] is None, r.payload["idempotency_key"] or ""))
+        starts = [r.payload for r in batch]
+        try:
+            with self.pool.connection() as conn:
+                rows = conn.execute(q("start_batch_v1"), {
+                    "ids": [p["id"] for p in starts], "workflows": [p["workflow"] for p in starts],
+                    "hashes": [p["hash"] for p in starts], "queues": [p["queue"] for p in starts],
+                    "priorities": [p["priority"] for p in starts], "inputs": [p["input"] for p in starts],
+                    "first_steps": [p["first_step"] for p in starts],
+                    "keys": [p["idempotency_key"] for p in starts],
+                    "scheduled_ats": [p["scheduled_at"] for p in starts],
+                    "deadlines": [p["deadline"] for p in starts]}).fetchall()
+        except psycopg.OperationalError as exc:
+            for req in batch:  # whether it committed is unknown, as for a lone start
+                req.outcome = psycopg.OperationalError(str(exc))
+            return
+        except Exception:
+            for req in batch:
+                self.commit([req])
+            return
+        for req, row in zip(batch, rows, strict=True):
+            req.outcome = (str(row[0]), bool(row[1]))
+
+
 class Client:
     """Synchronous client. ``database_url`` defaults to ``DURABLE_DATABASE_URL`` (or the embedded server)."""
 
@@ -167,6 +213,7 @@ class Client:
         self._watcher: _RunWatcher | None = None
         self._registered: set[str] = set()
         self._definitions = store.DefinitionCache()
+        self._starts = _StartBatch(self._pool)
         self._lock = threading.Lock()
 
     def __enter__(self) -> Client:
@@ -196,15 +243,19 @@ class Client:
         """Start a run and return its id; with ``idempotency_key``, the existing run's id if there is one."""
         input_json = dumps(input, what="input", limit=self.settings.limits.max_context_bytes)
         new_id = str(uuid.uuid4())
+        options = {"queue": queue, "scheduled_at": scheduled_at, "idempotency_key": idempotency_key,
+                   "priority": priority, "cache": self._definitions, "run_id": new_id}
+        try:  # checked before it joins a batch, so a bad start fails alone and changes nothing
+            params = store.start_params(None, workflow, input_json, **options)  # type: ignore[arg-type]
+        except store.CacheMiss:
+            with self._pool.connection() as conn:
+                self._register_local(conn, workflow)
+                params = store.start_params(conn, workflow, input_json, **options)  # type: ignore[arg-type]
         watcher = self._watcher
         if watcher is not None:
             watcher.track(new_id)
         try:
-            with self._pool.connection() as conn:
-                self._register_local(conn, workflow)
-                run_id, created = store.start_run(conn, workflow, input_json, queue=queue,
-                                                  scheduled_at=scheduled_at, idempotency_key=idempotency_key,
-                                                  priority=priority, cache=self._definitions, run_id=new_id)
+            run_id, created = self._starts.submit(params)
         except BaseException:
             if watcher is not None:
                 watcher.untrack(new_id)

@@ -15,8 +15,13 @@ from .errors import ContextTooLarge, InvalidInput
 _encoder = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
 
 
+_NUL = "\x00"
+
+
 def _find_bad(value: Any, path: str) -> str | None:
-    if value is None or isinstance(value, str | bool | int):
+    if isinstance(value, str):
+        return f"{path}: the NUL character (\\u0000) cannot be stored in PostgreSQL jsonb" if _NUL in value else None
+    if value is None or isinstance(value, bool | int):
         return None
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{path}: {value!r} is not a JSON number"
@@ -24,6 +29,8 @@ def _find_bad(value: Any, path: str) -> str | None:
         for k, v in value.items():
             if not isinstance(k, str):
                 return f"{path}: key {k!r} is a {type(k).__name__}, JSON keys must be strings"
+            if _NUL in k:
+                return f"{path}: key {k!r} holds the NUL character (\\u0000), which PostgreSQL jsonb cannot store"
             bad = _find_bad(v, f"{path}[{k!r}]")
             if bad:
                 return bad
@@ -44,7 +51,10 @@ def dumps(value: Any, *, what: str, limit: int | None = None) -> str:
     except (TypeError, ValueError):
         text = None
     # json coerces non-string keys silently; we refuse them so what comes back is what went in.
-    bad = _find_bad(value, what) if text is None or _has_non_str_key(value) else None
+    # PostgreSQL refuses \u0000 in jsonb; the text test is cheap, and an escaped backslash followed
+    # by "u0000" only costs the walk that finds nothing.
+    suspect = text is None or "\\u0000" in text or _has_non_str_key(value)
+    bad = _find_bad(value, what) if suspect else None
     if bad or text is None:
         raise InvalidInput(bad or f"{what} is not JSON-serialisable")
     if limit is not None and len(text.encode()) > limit:

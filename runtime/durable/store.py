@@ -36,6 +36,10 @@ def register_queues(conn: Conn, names: list[str]) -> None:
     conn.execute(q("upsert_queues"), {"names": sorted(set(names))})
 
 
+class CacheMiss(LookupError):
+    """A cache-only lookup (no connection given) found nothing fresh: look it up with a connection."""
+
+
 class DefinitionCache:
     """Positive lookups of workflows and queues, kept briefly: starting a run then costs one round
     trip. Misses always go to the database, so an unknown name is never accepted from the cache."""
@@ -45,10 +49,13 @@ class DefinitionCache:
         self._workflows: dict[str, tuple[float, tuple[Any, ...]]] = {}
         self._queues: dict[str, float] = {}
 
-    def workflow(self, conn: Conn, name: str) -> tuple[Any, ...]:
+    def workflow(self, conn: Conn | None, name: str) -> tuple[Any, ...]:
+        """The definition row; with no connection, only from the cache (else ``CacheMiss``)."""
         hit = self._workflows.get(name)
         if hit and time.monotonic() - hit[0] < self.ttl:
             return hit[1]
+        if conn is None:
+            raise CacheMiss(name)
         row = conn.execute(q("get_workflow"), {"name": name}).fetchone()
         if row is None:
             known = [r[0] for r in conn.execute(q("list_workflow_names")).fetchall()]
@@ -58,24 +65,24 @@ class DefinitionCache:
         self._workflows[name] = (time.monotonic(), tuple(row))
         return tuple(row)
 
-    def check_queue(self, conn: Conn, name: str) -> None:
+    def check_queue(self, conn: Conn | None, name: str) -> None:
         seen = self._queues.get(name)
         if seen and time.monotonic() - seen < self.ttl:
             return
+        if conn is None:
+            raise CacheMiss(name)
         if not conn.execute(q("queue_exists"), {"name": name}).fetchone()[0]:  # type: ignore[index]
             known = [r[0] for r in conn.execute(q("list_queue_names")).fetchall()]
             raise UnknownQueue(f"unknown queue {name!r}; known queues: {', '.join(known)}")
         self._queues[name] = time.monotonic()
 
 
-def start_run(conn: Conn, workflow: str, input_json: str, *, queue: str | None = None,
-              scheduled_at: datetime | None = None, idempotency_key: str | None = None, priority: int = 0,
-              parent: tuple[str, str, int] | None = None, cache: DefinitionCache | None = None,
-              run_id: str | None = None) -> tuple[str, bool]:
-    """Create a run (or return the existing one for ``idempotency_key``). Returns ``(run_id, created)``;
-    ``run_id`` chooses the new run's id (a caller may need to know it before the run exists).
-
-    One round trip once the definition is cached; safe inside or outside a transaction."""
+def start_params(conn: Conn | None, workflow: str, input_json: str, *, queue: str | None = None,
+                 scheduled_at: datetime | None = None, idempotency_key: str | None = None, priority: int = 0,
+                 parent: tuple[str, str, int] | None = None, cache: DefinitionCache | None = None,
+                 run_id: str | None = None) -> dict[str, Any]:
+    """Check a start and return the arguments of ``start_v1`` for it. With ``conn`` None, only what
+    ``cache`` holds is used (``CacheMiss`` otherwise), so a start can be checked without a connection."""
     cache = cache or DefinitionCache(ttl=0)
     _, hash_, first_step, graph = cache.workflow(conn, workflow)
     queue = queue or graph.get("queue") or "default"
@@ -87,12 +94,26 @@ def start_run(conn: Conn, workflow: str, input_json: str, *, queue: str | None =
     timeout_ms = graph.get("timeout_ms")
     base = scheduled_at or datetime.now(UTC)
     deadline = base + timedelta(milliseconds=timeout_ms) if timeout_ms else None
-    row = conn.execute(q("start_v1"), {
+    return {
         "id": run_id or str(uuid.uuid4()), "workflow": workflow, "hash": hash_, "queue": queue, "priority": priority,
         "input": input_json, "first_step": first_step, "idempotency_key": idempotency_key,
         "parent_id": parent[0] if parent else None, "parent_step": parent[1] if parent else None,
         "parent_wait_idx": parent[2] if parent else None, "scheduled_at": scheduled_at, "deadline": deadline,
-    }).fetchone()
+    }
+
+
+def start_run(conn: Conn, workflow: str, input_json: str, *, queue: str | None = None,
+              scheduled_at: datetime | None = None, idempotency_key: str | None = None, priority: int = 0,
+              parent: tuple[str, str, int] | None = None, cache: DefinitionCache | None = None,
+              run_id: str | None = None) -> tuple[str, bool]:
+    """Create a run (or return the existing one for ``idempotency_key``). Returns ``(run_id, created)``;
+    ``run_id`` chooses the new run's id (a caller may need to know it before the run exists).
+
+    One round trip once the definition is cached; safe inside or outside a transaction."""
+    params = start_params(conn, workflow, input_json, queue=queue, scheduled_at=scheduled_at,
+                          idempotency_key=idempotency_key, priority=priority, parent=parent, cache=cache,
+                          run_id=run_id)
+    row = conn.execute(q("start_v1"), params).fetchone()
     return str(row[0]), bool(row[1])  # type: ignore[index]
 
 

@@ -50,6 +50,8 @@ def test_refusals_store_nothing(client: Client, database_url: str, schema: str) 
         client.start("t_bad_input", {"x": float("nan")})
     with pytest.raises(InvalidInput, match=r"key 1 is a int"):
         client.start("t_bad_input", {1: "a"})
+    with pytest.raises(InvalidInput, match=r"input\['notes'\]\[0\]: the NUL character \(\\u0000\) cannot be stored"):
+        client.start("t_bad_input", {"notes": ["a\x00b"]})
     with pytest.raises(UnknownQueue, match=r"unknown queue 'ghost'; known queues: .*default"):
         client.start("t_bad_input", {}, queue="ghost")
     assert _counts(database_url, schema) == before

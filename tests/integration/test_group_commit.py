@@ -1,4 +1,4 @@
-"""Group commit of step checkpoints: concurrent checkpoints share one transaction, never one fate."""
+"""Group commit of step checkpoints and of starts: concurrent ones share one transaction, never one fate."""
 
 from __future__ import annotations
 
@@ -138,3 +138,95 @@ def test_a_checkpoint_that_fails_in_a_batch_fails_alone(setup: tuple[Worker, Cli
     for task in [first, *(t for t in rest if t is not bad)]:
         assert isinstance(outcomes[task.id], str), outcomes[task.id]
         assert _run_status(w, task.run_id) == ("running", "gc_two", {"n": 1})
+
+
+# -- Client.start's group commit ----------------------------------------------------------------------
+
+
+def _starts_queued_behind_a_busy_one(w: Worker, client: Client, inputs: list[dict[str, Any]],
+                                    keys: list[str | None] | None = None) -> list[Any]:
+    """Hold the tasks table so the first start (the leader's) blocks; queue the others behind it,
+    then let it go. Returns each start's outcome, in the order of ``inputs``: its run id, or the
+    exception."""
+    outcomes: list[Any] = [None] * len(inputs)
+
+    def start(i: int) -> None:
+        try:
+            outcomes[i] = client.start("t_gc_grouped", inputs[i], idempotency_key=keys[i] if keys else None)
+        except BaseException as exc:  # each caller's outcome is what the test checks
+            outcomes[i] = exc
+
+    batch = client._starts
+    with psycopg.connect(w.url, autocommit=False, options=f"-c search_path={w.settings.db.schema}") as blocker:
+        blocker.execute("LOCK TABLE tasks IN SHARE MODE")  # a start's insert of its first task waits
+        leader = threading.Thread(target=start, args=(0,))
+        leader.start()
+        wait_until(lambda: batch._busy and not batch._queue, what="the first start to lead")
+        followers = [threading.Thread(target=start, args=(i,)) for i in range(1, len(inputs))]
+        for t in followers:
+            t.start()
+        wait_until(lambda: len(batch._queue) == len(inputs) - 1, what="the other starts to queue")
+        blocker.rollback()
+    for t in [leader, *followers]:
+        t.join(10)
+    return outcomes
+
+
+def _runs(w: Worker, run_ids: list[str]) -> dict[str, tuple[int, str, Any]]:
+    """run id -> (the xid that created it, status, input), for those that exist."""
+    with connect(w.url, w.settings.db) as conn:
+        rows = conn.execute("SELECT id::text, xmin::text::bigint, status, input FROM executions "
+                            "WHERE id = ANY(%s::uuid[])", [run_ids]).fetchall()
+    return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
+def test_starts_queued_behind_a_busy_one_commit_together(setup: tuple[Worker, Client]) -> None:
+    w, client = setup
+    inputs = [{"n": i} for i in range(5)]
+
+    run_ids = _starts_queued_behind_a_busy_one(w, client, inputs)
+
+    assert all(isinstance(r, str) for r in run_ids), run_ids
+    runs = _runs(w, run_ids)
+    assert [runs[r][1:] for r in run_ids] == [("pending", i) for i in inputs]
+    batched = {runs[r][0] for r in run_ids[1:]}
+    assert len(batched) == 1, "the starts queued behind a busy one were not committed together"
+    assert runs[run_ids[0]][0] not in batched
+    with connect(w.url, w.settings.db) as conn:
+        tasks = conn.execute("SELECT count(*) FROM tasks WHERE run_id = ANY(%s::uuid[]) AND kind = 'step'",
+                             [run_ids]).fetchone()
+    assert tasks is not None and tasks[0] == 5
+
+    # Idempotency keys hold within a batch and across batches: a key met again returns its run.
+    keyed = _starts_queued_behind_a_busy_one(w, client, [{"n": 10}, {"n": 11}, {"n": 12}, {"n": 13}, {"n": 14}],
+                                             ["gc-a", "gc-b", "gc-a", "gc-b", "gc-c"])
+    assert keyed[2] == keyed[0] and keyed[3] == keyed[1]
+    assert len(set(keyed)) == 3
+    runs = _runs(w, keyed)
+    assert [runs[r][2] for r in (keyed[0], keyed[1], keyed[4])] == [{"n": 10}, {"n": 11}, {"n": 14}]
+
+
+def test_a_start_that_fails_in_a_batch_fails_alone(setup: tuple[Worker, Client]) -> None:
+    """A start the database refuses (here by a trigger; every check the client can make comes first)
+    costs the others of its batch nothing, and leaves nothing of itself behind."""
+    w, client = setup
+    with connect(w.url, w.settings.db) as conn:
+        conn.execute("CREATE FUNCTION t_refuse_poison() RETURNS trigger LANGUAGE plpgsql AS "
+                     "$$ BEGIN RAISE EXCEPTION 'poisoned input refused'; END $$")
+        conn.execute("CREATE TRIGGER t_refuse_poison BEFORE INSERT ON executions FOR EACH ROW "
+                     "WHEN (NEW.input ? 'poison') EXECUTE FUNCTION t_refuse_poison()")
+    try:
+        outcomes = _starts_queued_behind_a_busy_one(w, client, [{"n": 0}, {"n": 1}, {"poison": 1}, {"n": 3}])
+    finally:
+        with connect(w.url, w.settings.db) as conn:
+            conn.execute("DROP TRIGGER t_refuse_poison ON executions")
+            conn.execute("DROP FUNCTION t_refuse_poison()")
+    assert isinstance(outcomes[2], psycopg.errors.RaiseException), outcomes[2]
+    assert "poisoned input refused" in str(outcomes[2])
+    good = [outcomes[i] for i in (0, 1, 3)]
+    assert all(isinstance(r, str) for r in good), good
+    runs = _runs(w, good)
+    assert [runs[r][1:] for r in good] == [("pending", {"n": i}) for i in (0, 1, 3)]
+    with connect(w.url, w.settings.db) as conn:
+        poisoned = conn.execute("SELECT count(*) FROM executions WHERE input ? 'poison'").fetchone()
+    assert poisoned is not None and poisoned[0] == 0

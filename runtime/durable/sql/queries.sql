@@ -27,6 +27,12 @@ SELECT run_id, created FROM durable_start_v1(%(id)s, %(workflow)s, %(hash)s, %(q
                                              %(first_step)s, %(idempotency_key)s, %(parent_id)s, %(parent_step)s,
                                              %(parent_wait_idx)s, %(scheduled_at)s, %(deadline)s);
 
+-- name: start_batch_v1
+SELECT run_id, created FROM durable_start_batch_v1(%(ids)s::uuid[], %(workflows)s::text[], %(hashes)s::text[],
+                                                   %(queues)s::text[], %(priorities)s::integer[], %(inputs)s::text[],
+                                                   %(first_steps)s::text[], %(keys)s::text[],
+                                                   %(scheduled_ats)s::timestamptz[], %(deadlines)s::timestamptz[]);
+
 -- name: insert_task
 INSERT INTO tasks (run_id, kind, step, queue, priority, due_at, attempt)
 VALUES (%(run_id)s, %(kind)s, %(step)s, %(queue)s, %(priority)s, coalesce(%(due_at)s, now()), 1)
