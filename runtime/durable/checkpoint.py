@@ -9,6 +9,7 @@ load, one commit for the steps several slots finished meanwhile (``GroupCommit``
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +24,8 @@ from .jsonutil import dumps
 from .store import Conn, finish_run, record_all_progress, resolve_wait, start_run
 from .tasks import Task
 from .waits import WaitRequest
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class LeaseLost(Exception):
@@ -89,6 +92,17 @@ class _Advance:
     new_token: str | None
 
 
+def _batch_json(items: list[_Advance]) -> str:
+    """The batch as ``durable_checkpoint_batch_v3`` takes it; each context is spliced in as it is
+    (already checked JSON), not encoded a second time."""
+    rows = []
+    for a in items:
+        head = _encode([a.task.id, a.task.token, a.task.run_id, a.step, a.task.attempt, a.started_at.isoformat(),
+                        a.next_node, a.next_queue, a.new_token])
+        rows.append(f"{head[:-1]},{a.ctx_json or 'null'}]")
+    return f"[{','.join(rows)}]"
+
+
 class GroupCommit(groupcommit.GroupCommit[_Advance, "str | None"]):
     """Group commit of the worker's step checkpoints (``advance``), led by the slot threads themselves
     (see ``groupcommit``): everything queued behind a committing checkpoint goes in one call and one
@@ -122,16 +136,10 @@ class GroupCommit(groupcommit.GroupCommit[_Advance, "str | None"]):
             return
         # Rows are locked in run id order, so two workers' batches cannot deadlock each other.
         batch.sort(key=lambda r: str(r.payload.task.run_id))
-        items = [r.payload for r in batch]
         try:
             with self.pool.connection() as conn:
-                row = conn.execute(q("checkpoint_batch_v2"), {
-                    "task_ids": [a.task.id for a in items], "tokens": [a.task.token for a in items],
-                    "run_ids": [a.task.run_id for a in items], "steps": [a.step for a in items],
-                    "attempts": [a.task.attempt for a in items], "contexts": [a.ctx_json for a in items],
-                    "worker": self.worker, "started_ats": [a.started_at for a in items],
-                    "nexts": [a.next_node for a in items], "next_queues": [a.next_queue for a in items],
-                    "new_tokens": [a.new_token for a in items], "ttl": self.lease_ttl}).fetchone()
+                row = conn.execute(q("checkpoint_batch_v3"), {"batch": _batch_json([r.payload for r in batch]),
+                                                              "worker": self.worker, "ttl": self.lease_ttl}).fetchone()
         except psycopg.OperationalError as exc:
             # Whether it committed is unknown; each caller retries its own, guarded by its token.
             for req in batch:

@@ -28,10 +28,7 @@ SELECT run_id, created FROM durable_start_v1(%(id)s, %(workflow)s, %(hash)s, %(q
                                              %(parent_wait_idx)s, %(scheduled_at)s, %(deadline)s);
 
 -- name: start_batch_v1
-SELECT run_id, created FROM durable_start_batch_v1(%(ids)s::uuid[], %(workflows)s::text[], %(hashes)s::text[],
-                                                   %(queues)s::text[], %(priorities)s::integer[], %(inputs)s::text[],
-                                                   %(first_steps)s::text[], %(keys)s::text[],
-                                                   %(scheduled_ats)s::timestamptz[], %(deadlines)s::timestamptz[]);
+SELECT run_id, created FROM durable_start_batch_v1(%(starts)s::jsonb);
 
 -- name: insert_task
 INSERT INTO tasks (run_id, kind, step, queue, priority, due_at, attempt)
@@ -279,8 +276,5 @@ SELECT durable_advance_v1(%(task_id)s, %(token)s, %(run_id)s, %(step)s, %(attemp
 SELECT durable_succeed_v2(%(task_id)s, %(token)s, %(run_id)s, %(step)s, %(attempt)s, %(context)s::jsonb,
                           %(worker)s, %(started_at)s);
 
--- name: checkpoint_batch_v2
-SELECT durable_checkpoint_batch_v2(%(task_ids)s::bigint[], %(tokens)s::uuid[], %(run_ids)s::uuid[],
-                                   %(steps)s::text[], %(attempts)s::integer[], %(contexts)s::text[], %(worker)s,
-                                   %(started_ats)s::timestamptz[], %(nexts)s::text[], %(next_queues)s::text[],
-                                   %(new_tokens)s::uuid[], %(ttl)s);
+-- name: checkpoint_batch_v3
+SELECT durable_checkpoint_batch_v3(%(batch)s::jsonb, %(worker)s, %(ttl)s);
