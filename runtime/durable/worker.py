@@ -179,10 +179,10 @@ class Worker:
     def _lease_round(self) -> float:
         """Lease what the free slots can take; returns how long to sleep before the next round.
 
-        A queue we could not drain (no free slot, or every free slot filled) is marked starved, so
-        the slot that frees up next wakes us; a drained queue tells us (in the same round trip) when
-        its next task is due, and new tasks announce themselves with a notification. So a freed
-        slot costs no query while its queue is empty."""
+        A queue we could not drain (no free slot, or every free slot filled and more tasks ready) is
+        marked starved, so the slot that frees up next wakes us; a drained queue tells us (in the
+        same round trip) when its next task is due, and new tasks announce themselves with a
+        notification. So a freed slot costs no query while nothing waits for it (migration 0008)."""
         poll = self.settings.worker.poll_max_ms / 1000
         wait = poll
         with self._lock:
@@ -192,7 +192,7 @@ class Worker:
             return poll
         with self.pool.connection() as conn:
             for queue, n in wanted.items():
-                rows = conn.execute(q("lease_v1"), {"queue": queue, "limit": n, "owner": self.owner,
+                rows = conn.execute(q("lease_v2"), {"queue": queue, "limit": n, "owner": self.owner,
                                                     "ttl": self.settings.worker.lease_seconds}).fetchall()
                 drained = False
                 for row in rows:

@@ -173,13 +173,13 @@ def test_lease_round_reports_a_drained_queue_and_its_next_due_task(database_url:
     settings = settings_for(database_url, schema)
     with connect(database_url, settings.db) as conn:
         conn.execute("INSERT INTO queues (name) VALUES ('rt_timers') ON CONFLICT DO NOTHING")
-        rows = conn.execute(q("lease_v1"), {"queue": "rt_timers", "limit": 2, "owner": "t", "ttl": 5}).fetchall()
+        rows = conn.execute(q("lease_v2"), {"queue": "rt_timers", "limit": 2, "owner": "t", "ttl": 5}).fetchall()
         # Nothing to lease: one marker row (id NULL) and no due task at all.
         assert [(r[0], r[-1]) for r in rows] == [(None, None)]
         conn.execute("INSERT INTO tasks (kind, schedule_name, queue, due_at) "
                      "VALUES ('cron', 'rt-nothing', 'rt_timers', now() + interval '3 seconds')")
         try:
-            rows = conn.execute(q("lease_v1"), {"queue": "rt_timers", "limit": 2, "owner": "t",
+            rows = conn.execute(q("lease_v2"), {"queue": "rt_timers", "limit": 2, "owner": "t",
                                                 "ttl": 5}).fetchall()
             [(task_id, next_due)] = [(r[0], r[-1]) for r in rows]
             assert task_id is None and 2.0 < next_due <= 3.0
@@ -208,9 +208,9 @@ def test_a_lease_round_does_not_walk_a_queue_of_sleeping_tasks(database_url: str
         conn.execute("ANALYZE tasks")
         try:
             for _ in range(3):  # past the plan cache's first custom plans
-                conn.execute(q("lease_v1"), {"queue": "rt_sleepy", "limit": 4, "owner": "t", "ttl": 5}).fetchall()
+                conn.execute(q("lease_v2"), {"queue": "rt_sleepy", "limit": 4, "owner": "t", "ttl": 5}).fetchall()
             before = tuples_read(conn)
-            rows = conn.execute(q("lease_v1"), {"queue": "rt_sleepy", "limit": 4, "owner": "t", "ttl": 5}).fetchall()
+            rows = conn.execute(q("lease_v2"), {"queue": "rt_sleepy", "limit": 4, "owner": "t", "ttl": 5}).fetchall()
             read = tuples_read(conn) - before
             [(task_id, next_due)] = [(r[0], r[-1]) for r in rows]
             assert task_id is None and 60.0 < next_due <= 61.5  # the earliest sleeper, whatever its priority
@@ -233,3 +233,27 @@ def test_an_announced_task_is_leased_on_the_listen_thread(client: Client, worker
     for n in range(3):
         assert client.wait(client.start("t_rt_quick", {"n": n}), timeout=10).result == {"n": n + 2}
     assert "durable-listen" in threads, threads
+
+
+def test_a_round_that_fills_every_free_slot_says_whether_more_are_ready(database_url: str, schema: str,
+                                                                          worker: Worker) -> None:
+    """Filling every free slot ends the round drained when nothing else is ready (so a slot that frees
+    up later sends no round to find nothing), and not drained when more tasks wait."""
+    settings = settings_for(database_url, schema)
+
+    def lease(conn: psycopg.Connection[Any], limit: int) -> tuple[int, bool]:
+        rows = conn.execute(q("lease_v2"), {"queue": "rt_full", "limit": limit, "owner": "t", "ttl": 5}).fetchall()
+        return sum(1 for r in rows if r[0] is not None), any(r[0] is None for r in rows)
+
+    with connect(database_url, settings.db) as conn:
+        conn.execute("INSERT INTO queues (name) VALUES ('rt_full') ON CONFLICT DO NOTHING")
+        add = ("INSERT INTO tasks (kind, schedule_name, queue, priority, due_at) "
+               "SELECT 'cron', 'rt-full-' || %(tag)s || i, 'rt_full', i %% 2, now() FROM generate_series(1, %(n)s) AS i")
+        try:
+            conn.execute(add, {"tag": "a", "n": 2})
+            assert lease(conn, 2) == (2, True)  # both taken, nothing left: drained
+            conn.execute(add, {"tag": "b", "n": 3})
+            assert lease(conn, 2) == (2, False)  # one more is ready: a freed slot must look again
+            assert lease(conn, 2) == (1, True)
+        finally:
+            conn.execute("DELETE FROM tasks WHERE queue = 'rt_full'")
