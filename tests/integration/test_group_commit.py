@@ -230,3 +230,41 @@ def test_a_start_that_fails_in_a_batch_fails_alone(setup: tuple[Worker, Client])
     with connect(w.url, w.settings.db) as conn:
         poisoned = conn.execute("SELECT count(*) FROM executions WHERE input ? 'poison'").fetchone()
     assert poisoned is not None and poisoned[0] == 0
+
+
+# -- the task row that follows its run (migration 0008) -------------------------------------------------
+
+
+def _task_row(w: Worker, task_id: int) -> tuple[str, int, str]:
+    """(kind, the xid that last wrote it, lease token) of a task row."""
+    with connect(w.url, w.settings.db) as conn:
+        row = conn.execute("SELECT kind, xmin::text::bigint, lease_token::text FROM tasks WHERE id = %s",
+                           [task_id]).fetchone()
+    assert row is not None
+    return row[0], row[1], row[2]
+
+
+def test_a_fast_path_checkpoint_leaves_the_task_row_alone(setup: tuple[Worker, Client]) -> None:
+    """A run's main-line task follows the run: the lease makes it so, a checkpoint that keeps it
+    on the fast path only checks it, and the same checkpoint repeated (after an unknown outcome)
+    is refused by the run's position, recording nothing twice."""
+    w, client = setup
+    [task] = _lease(w, client, 1)
+    assert task.kind == "run" and task.step == "gc_one" and task.attempt == 1
+    kind, leased_by, token = _task_row(w, task.id)
+    assert (kind, token) == ("run", task.token)
+
+    new_token = GroupCommit(w.pool, OWNER, 30).advance(task, step="gc_one", next_node="gc_two",
+                                                       next_queue="default", ctx_json='{"n": 1}',
+                                                       started_at=datetime.now(UTC), keep=True)
+
+    assert new_token == task.token
+    assert _task_row(w, task.id) == ("run", leased_by, token), "the fast path wrote the task row"
+    assert _run_status(w, task.run_id) == ("running", "gc_two", {"n": 1})
+    with pytest.raises(LeaseLost):
+        GroupCommit(w.pool, OWNER, 30).advance(task, step="gc_one", next_node="gc_two", next_queue="default",
+                                               ctx_json='{"n": 1}', started_at=datetime.now(UTC), keep=True)
+    assert list(_step_xids(w, [task.run_id])) == [str(task.run_id)]  # gc_one recorded once
+    with connect(w.url, w.settings.db) as conn:
+        steps = conn.execute("SELECT name FROM steps WHERE run_id = %s", [task.run_id]).fetchall()
+    assert steps == [("gc_one",)]

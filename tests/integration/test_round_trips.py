@@ -248,7 +248,8 @@ def test_a_round_that_fills_every_free_slot_says_whether_more_are_ready(database
     with connect(database_url, settings.db) as conn:
         conn.execute("INSERT INTO queues (name) VALUES ('rt_full') ON CONFLICT DO NOTHING")
         add = ("INSERT INTO tasks (kind, schedule_name, queue, priority, due_at) "
-               "SELECT 'cron', 'rt-full-' || %(tag)s || i, 'rt_full', i %% 2, now() FROM generate_series(1, %(n)s) AS i")
+               "SELECT 'cron', 'rt-full-' || %(tag)s || i, 'rt_full', i %% 2, now() "
+               "FROM generate_series(1, %(n)s) AS i")
         try:
             conn.execute(add, {"tag": "a", "n": 2})
             assert lease(conn, 2) == (2, True)  # both taken, nothing left: drained

@@ -31,27 +31,3 @@ BEGIN
     END LOOP;
 END;
 $$;
-
--- As durable_checkpoint_batch_v2 (migration 0006), with the batch as a JSON array of
--- [task id, lease token, run id, step, attempt, started_at, next node, next queue, new token,
--- context] (JSON null for none): the same records, the same answers in the same order.
-CREATE FUNCTION durable_checkpoint_batch_v3(p_batch jsonb, p_worker text, p_ttl double precision)
-RETURNS boolean[] LANGUAGE plpgsql AS $$
-DECLARE
-    e jsonb;
-    v_ok boolean[] := '{}';
-BEGIN
-    FOR e IN SELECT value FROM jsonb_array_elements(p_batch) LOOP
-        IF e ->> 6 IS NULL THEN
-            v_ok := v_ok || durable_succeed_v2((e ->> 0)::bigint, (e ->> 1)::uuid, (e ->> 2)::uuid, e ->> 3,
-                                               (e ->> 4)::integer, nullif(e -> 9, 'null'), p_worker,
-                                               (e ->> 5)::timestamptz);
-        ELSE
-            v_ok := v_ok || durable_advance_v1((e ->> 0)::bigint, (e ->> 1)::uuid, (e ->> 2)::uuid, e ->> 3,
-                                               (e ->> 4)::integer, nullif(e -> 9, 'null'), p_worker,
-                                               (e ->> 5)::timestamptz, e ->> 6, e ->> 7, (e ->> 8)::uuid, p_ttl);
-        END IF;
-    END LOOP;
-    RETURN v_ok;
-END;
-$$;
