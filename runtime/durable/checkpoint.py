@@ -235,7 +235,8 @@ def suspend(conn: Conn, task: Task, *, step: str, request: WaitRequest, queue: s
         run = _guard(conn, task)
         run_id = str(task.run_id)
         if task.kind == "run":
-            conn.execute(q("unfollow_task"), {"step": step, "task_id": task.id, "token": task.token})
+            conn.execute(q("unfollow_task"), {"step": step, "attempt": task.attempt, "task_id": task.id,
+                                              "token": task.token})
         conn.execute(q("insert_wait"), {
             "run_id": run_id, "step": step, "idx": request.idx, "kind": request.kind, "names": request.names,
             "prompt": request.prompt, "until": request.until, "has_timeout_value": request.has_timeout_value,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -245,26 +246,28 @@ def _task_row(w: Worker, task_id: int) -> tuple[str, int, str]:
 
 
 def test_a_fast_path_checkpoint_leaves_the_task_row_alone(setup: tuple[Worker, Client]) -> None:
-    """A run's main-line task follows the run: the lease makes it so, a checkpoint that keeps it
-    on the fast path only checks it, and the same checkpoint repeated (after an unknown outcome)
+    """A run's main-line task follows the run once it has moved on along the fast path: a later
+    such checkpoint only checks the row, and the same checkpoint repeated (after an unknown outcome)
     is refused by the run's position, recording nothing twice."""
     w, client = setup
     [task] = _lease(w, client, 1)
-    assert task.kind == "run" and task.step == "gc_one" and task.attempt == 1
-    kind, leased_by, token = _task_row(w, task.id)
-    assert (kind, token) == ("run", task.token)
+    assert task.kind == "step" and task.step == "gc_one" and task.attempt == 1
 
-    new_token = GroupCommit(w.pool, OWNER, 30).advance(task, step="gc_one", next_node="gc_two",
-                                                       next_queue="default", ctx_json='{"n": 1}',
-                                                       started_at=datetime.now(UTC), keep=True)
+    def checkpoint(t: Task, step: str, next_node: str) -> str | None:
+        return GroupCommit(w.pool, OWNER, 30).advance(t, step=step, next_node=next_node, next_queue="default",
+                                                      ctx_json='{"n": 1}', started_at=datetime.now(UTC),
+                                                      keep=True)
 
-    assert new_token == task.token
-    assert _task_row(w, task.id) == ("run", leased_by, token), "the fast path wrote the task row"
-    assert _run_status(w, task.run_id) == ("running", "gc_two", {"n": 1})
+    token = checkpoint(task, "gc_one", "gc_two")
+    kind, moved_by, row_token = _task_row(w, task.id)
+    assert (kind, row_token) == ("run", token) and token != task.token
+    following = replace(task, kind="run", step="gc_two", token=token)
+
+    assert checkpoint(following, "gc_two", "gc_three") == token
+    assert _task_row(w, task.id) == ("run", moved_by, token), "the fast path wrote the task row"
+    assert _run_status(w, task.run_id) == ("running", "gc_three", {"n": 1})
     with pytest.raises(LeaseLost):
-        GroupCommit(w.pool, OWNER, 30).advance(task, step="gc_one", next_node="gc_two", next_queue="default",
-                                               ctx_json='{"n": 1}', started_at=datetime.now(UTC), keep=True)
-    assert list(_step_xids(w, [task.run_id])) == [str(task.run_id)]  # gc_one recorded once
+        checkpoint(following, "gc_two", "gc_three")
     with connect(w.url, w.settings.db) as conn:
-        steps = conn.execute("SELECT name FROM steps WHERE run_id = %s", [task.run_id]).fetchall()
-    assert steps == [("gc_one",)]
+        steps = conn.execute("SELECT name FROM steps WHERE run_id = %s ORDER BY id", [task.run_id]).fetchall()
+    assert steps == [("gc_one",), ("gc_two",)]

@@ -306,3 +306,42 @@ def test_parallel_max_concurrency_respected(client: Client) -> None:
     assert len(members) == 4
     peak = max(sum(1 for o in members if o.started_at <= s.started_at < o.finished_at) for s in members)
     assert peak == 2
+
+
+retried_then_naps = Workflow("t_retried_then_naps")
+
+
+@retried_then_naps.step
+def steady(input: Any) -> Any:
+    return input  # moving on from here makes the task row follow the run (migration 0008)
+
+
+@retried_then_naps.step(retry=Retry(max_attempts=3, backoff="constant", base=10, jitter=False))
+def shaky(input: Any) -> Any:
+    attempts[input["key"]] = attempts.get(input["key"], 0) + 1
+    if attempts[input["key"]] == 1:
+        raise RuntimeError("first try fails")
+    return input
+
+
+@retried_then_naps.step
+def naps(ctx: Any) -> Any:
+    from durable import sleep
+
+    sleep(30)  # parks the task on a timer: its row stops following the run (migration 0008)
+    return ctx
+
+
+@retried_then_naps.step
+def after_nap(ctx: Any) -> Any:
+    return assign(ctx, done=True)
+
+
+def test_a_step_after_a_retried_one_starts_at_attempt_one(client: Client) -> None:
+    """The task row keeps the retried step's attempt while it follows the run; a later step that
+    waits must still be the first attempt of its own (as recorded, and as its retry budget counts)."""
+    run = client.wait(client.start("t_retried_then_naps", {"key": "rtn"}), timeout=15)
+    assert run.status == "succeeded" and run.result == {"key": "rtn", "done": True}
+    assert [(s.name, s.attempt, s.status) for s in run.steps] == [
+        ("steady", 1, "succeeded"), ("shaky", 1, "failed"), ("shaky", 2, "succeeded"), ("naps", 1, "succeeded"),
+        ("after_nap", 1, "succeeded")]

@@ -92,8 +92,9 @@ WHERE id = %(task_id)s AND lease_token = %(token)s
 RETURNING id;
 
 -- name: unfollow_task
--- A row that followed its run (migration 0008) becomes a plain step again before its step waits.
-UPDATE tasks SET kind = 'step', step = %(step)s
+-- A row that followed its run (migration 0008) becomes a plain step again before its step waits,
+-- with the run's own step and attempt (the row's went stale while it followed the run).
+UPDATE tasks SET kind = 'step', step = %(step)s, attempt = %(attempt)s
 WHERE id = %(task_id)s AND lease_token = %(token)s AND kind = 'run';
 
 -- name: park_task

@@ -1,15 +1,16 @@
 -- A task that carries a run's main line follows its run: kind 'run', whose step and attempt are
 -- the run's own (executions.current_step and attempt). Moving such a run on to its next step on
 -- the fast path then changes nothing in the task row, which is leased to the same worker and
--- keeps its token: one row update (and its four index entries) fewer per step, on the path every
--- checkpoint of a sequential pipeline takes. A repeated checkpoint (after an unknown outcome) is
+-- keeps its token: one row update (and its four index entries) fewer per step after the first,
+-- on the path every checkpoint of a sequential pipeline takes. A repeated checkpoint (after an unknown outcome) is
 -- fenced by the run's position instead of a changed token: it no longer matches.
 --
--- Which rows follow their run: a lease turns a plain first attempt of the run's current step
--- into one (a parallel member never matches: the run's current step is then its parallel block),
--- and so does a fast-path move of any other row. A step that suspends on a wait, or a move to
--- another queue, makes the row a plain step again, so a wait's wake-up (keyed on run, kind and
--- step) finds it.
+-- Which rows follow their run: a task that moves on to the next step on the fast path becomes
+-- one (parallel members never do: they end in member_done, not in a move). A step that suspends
+-- on a wait, or a move to another queue, makes the row a plain step again (with the run's attempt),
+-- so a wait's wake-up, keyed on run, kind and step, finds it. The lease does not turn rows into
+-- 'run' rows itself: it cannot tell a main-line step from a parallel member whose retry made it
+-- the run's current step, nor a parked step whose wake-up races its timeout.
 --
 -- During a rolling upgrade a worker of release 1 cannot run a 'run' task it happens to lease
 -- (after a newer worker died holding it): the task fails on that worker, its lease expires,
@@ -32,7 +33,9 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    SELECT kind INTO v_kind FROM tasks WHERE id = p_task_id AND lease_token = p_token;
+    -- Locked (weakly, without a new row version), so the lease cannot pass to another worker
+    -- before this checkpoint commits.
+    SELECT kind INTO v_kind FROM tasks WHERE id = p_task_id AND lease_token = p_token FOR KEY SHARE;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
@@ -177,10 +180,7 @@ BEGIN
             )
             UPDATE tasks t
             SET lease_token = gen_random_uuid(), lease_owner = p_owner,
-                lease_expires_at = now() + make_interval(secs => p_ttl),
-                kind = CASE WHEN t.kind = 'step' AND t.attempt = 1
-                                 AND t.step = (SELECT e.current_step FROM executions e WHERE e.id = t.run_id)
-                            THEN 'run' ELSE t.kind END
+                lease_expires_at = now() + make_interval(secs => p_ttl)
             FROM picked WHERE t.id = picked.id
             RETURNING t.id, t.run_id, t.kind, t.step, t.schedule_name, t.queue, t.priority, t.attempt, t.lease_token
         LOOP
@@ -207,8 +207,7 @@ BEGIN
                 END IF;
                 IF r.kind = 'run' THEN
                     step := v_current;
-                    -- 0 until the run's first checkpoint or retry: then the row's own attempt holds
-                    attempt := CASE WHEN v_attempt > 0 THEN v_attempt ELSE r.attempt END;
+                    attempt := v_attempt;
                 END IF;
                 v_step := step;
                 has_journal := EXISTS (SELECT 1 FROM waits w WHERE w.run_id = r.run_id AND w.step = v_step);
