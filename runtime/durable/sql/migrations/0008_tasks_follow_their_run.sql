@@ -6,11 +6,14 @@
 -- fenced by the run's position instead of a changed token: it no longer matches.
 --
 -- Which rows follow their run: a task that moves on to the next step on the fast path becomes
--- one (parallel members never do: they end in member_done, not in a move). A step that suspends
--- on a wait, or a move to another queue, makes the row a plain step again (with the run's attempt),
--- so a wait's wake-up, keyed on run, kind and step, finds it. The lease does not turn rows into
--- 'run' rows itself: it cannot tell a main-line step from a parallel member whose retry made it
--- the run's current step, nor a parked step whose wake-up races its timeout.
+-- one (parallel members never do: they end in member_done, not in a move), and the lease turns
+-- into one the first attempt of the run's current step when that step has no waits. That rules
+-- out a parallel member (the run's current step is its parallel block, unless a retry of the
+-- member made it the current step, and then the member's row is past its first attempt or, woken
+-- from a wait, has that wait) and a step parked on a timer whose wake-up may race its timeout
+-- (it has its wait). A step that suspends on a wait, or a move to another queue, makes the row a
+-- plain step again (with the run's attempt), so a wait's wake-up, keyed on run, kind and step,
+-- finds it.
 --
 -- During a rolling upgrade a worker of release 1 cannot run a 'run' task it happens to lease
 -- (after a newer worker died holding it): the task fails on that worker, its lease expires,
@@ -180,7 +183,11 @@ BEGIN
             )
             UPDATE tasks t
             SET lease_token = gen_random_uuid(), lease_owner = p_owner,
-                lease_expires_at = now() + make_interval(secs => p_ttl)
+                lease_expires_at = now() + make_interval(secs => p_ttl),
+                kind = CASE WHEN t.kind = 'step' AND t.attempt = 1
+                                 AND t.step = (SELECT e.current_step FROM executions e WHERE e.id = t.run_id)
+                                 AND NOT EXISTS (SELECT 1 FROM waits w WHERE w.run_id = t.run_id AND w.step = t.step)
+                            THEN 'run' ELSE t.kind END
             FROM picked WHERE t.id = picked.id
             RETURNING t.id, t.run_id, t.kind, t.step, t.schedule_name, t.queue, t.priority, t.attempt, t.lease_token
         LOOP
@@ -207,7 +214,8 @@ BEGIN
                 END IF;
                 IF r.kind = 'run' THEN
                     step := v_current;
-                    attempt := v_attempt;
+                    -- 0 until the run's first checkpoint or retry: the row's own first attempt then
+                    attempt := CASE WHEN v_attempt > 0 THEN v_attempt ELSE r.attempt END;
                 END IF;
                 v_step := step;
                 has_journal := EXISTS (SELECT 1 FROM waits w WHERE w.run_id = r.run_id AND w.step = v_step);
