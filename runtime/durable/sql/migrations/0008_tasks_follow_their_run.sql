@@ -7,7 +7,8 @@
 --
 -- Which rows follow their run: a task that moves on to the next step on the fast path becomes
 -- one (parallel members never do: they end in member_done, not in a move), and the lease turns
--- into one the first attempt of the run's current step when that step has no waits. That rules
+-- into one the first attempt of the run's current step when that step has no waits (one more
+-- row update there, for the two or more it saves in the checkpoints that follow). That rules
 -- out a parallel member (the run's current step is its parallel block, unless a retry of the
 -- member made it the current step, and then the member's row is past its first attempt or, woken
 -- from a wait, has that wait) and a step parked on a timer whose wake-up may race its timeout
@@ -42,10 +43,13 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
+    IF p_step IS NOT NULL AND v_current IS DISTINCT FROM p_step THEN
+        -- The run has moved on: a repeat of a checkpoint already recorded (a row that follows the
+        -- run keeps its token), or a row that is not the run's main line.
+        RETURN false;
+    END IF;
     IF v_kind = 'run' AND p_new_token = p_token THEN
-        IF v_current IS DISTINCT FROM p_step THEN
-            RETURN false;  -- the run has moved on: this checkpoint is a repeat of one recorded
-        END IF;
+        NULL;  -- the row follows the run and stays ours: nothing in it changes
     ELSE
         UPDATE tasks SET kind = CASE WHEN p_new_token IS NULL THEN 'step' ELSE 'run' END, step = p_next,
                          queue = p_next_queue, attempt = 1, due_at = now(), lease_token = p_new_token,
@@ -183,11 +187,7 @@ BEGIN
             )
             UPDATE tasks t
             SET lease_token = gen_random_uuid(), lease_owner = p_owner,
-                lease_expires_at = now() + make_interval(secs => p_ttl),
-                kind = CASE WHEN t.kind = 'step' AND t.attempt = 1
-                                 AND t.step = (SELECT e.current_step FROM executions e WHERE e.id = t.run_id)
-                                 AND NOT EXISTS (SELECT 1 FROM waits w WHERE w.run_id = t.run_id AND w.step = t.step)
-                            THEN 'run' ELSE t.kind END
+                lease_expires_at = now() + make_interval(secs => p_ttl)
             FROM picked WHERE t.id = picked.id
             RETURNING t.id, t.run_id, t.kind, t.step, t.schedule_name, t.queue, t.priority, t.attempt, t.lease_token
         LOOP
@@ -219,6 +219,14 @@ BEGIN
                 END IF;
                 v_step := step;
                 has_journal := EXISTS (SELECT 1 FROM waits w WHERE w.run_id = r.run_id AND w.step = v_step);
+                -- Decided here, not in the picking statement: a row its previous holder parked on
+                -- a wait just before that statement took it is re-checked there against its new
+                -- version, but that statement's subqueries would not see the new wait; these
+                -- statements do, and the row is ours now.
+                IF r.kind = 'step' AND r.attempt = 1 AND r.step = v_current AND NOT has_journal THEN
+                    UPDATE tasks SET kind = 'run' WHERE tasks.id = r.id;
+                    kind := 'run';
+                END IF;
             END IF;
             RETURN NEXT;
         END LOOP;
