@@ -74,7 +74,7 @@ def advance(conn: Conn, task: Task, *, step: str | None, next_node: str | None, 
         if not conn.execute(q("succeed_v3"), params).fetchone()[0]:  # type: ignore[index]
             raise LeaseLost(task.id)
         return None
-    row = conn.execute(q("advance_v2"), {**params, "next": next_node, "next_queue": next_queue,
+    row = conn.execute(q("advance_v1"), {**params, "next": next_node, "next_queue": next_queue,
                                          "new_token": new_token, "ttl": lease_ttl}).fetchone()
     if not row[0]:  # type: ignore[index]
         raise LeaseLost(task.id)
@@ -119,11 +119,8 @@ class GroupCommit(groupcommit.GroupCommit[_Advance, "str | None"]):
     def advance(self, task: Task, *, step: str | None, next_node: str | None, next_queue: str,
                 ctx_json: str | None, started_at: datetime, keep: bool) -> str | None:
         """As ``advance``; raises LeaseLost for this run alone, whatever happened to the others."""
-        new_token = None
-        if keep and next_node is not None:
-            # A row that follows its run stays as it is (migration 0008); any other becomes one.
-            new_token = task.token if task.kind == "run" else str(uuid.uuid4())
-        return self.submit(_Advance(task, step, next_node, next_queue, ctx_json, started_at, new_token))
+        return self.submit(_Advance(task, step, next_node, next_queue, ctx_json, started_at,
+                                    str(uuid.uuid4()) if keep and next_node is not None else None))
 
     def commit(self, batch: list[groupcommit.Request[_Advance]]) -> None:
         if len(batch) == 1:
@@ -234,9 +231,6 @@ def suspend(conn: Conn, task: Task, *, step: str, request: WaitRequest, queue: s
     with conn.transaction():
         run = _guard(conn, task)
         run_id = str(task.run_id)
-        if task.kind == "run":
-            conn.execute(q("unfollow_task"), {"step": step, "attempt": task.attempt, "task_id": task.id,
-                                              "token": task.token})
         conn.execute(q("insert_wait"), {
             "run_id": run_id, "step": step, "idx": request.idx, "kind": request.kind, "names": request.names,
             "prompt": request.prompt, "until": request.until, "has_timeout_value": request.has_timeout_value,

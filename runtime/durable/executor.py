@@ -64,8 +64,7 @@ class Executor:
     # -- dispatch ---------------------------------------------------------------------------------
 
     def run(self, task: Task) -> Task | None:
-        # "run": the run's main line, at the run's own step (migration 0008)
-        handlers = {"step": self._step, "run": self._step, "join": self._join, "compensate": self._compensate,
+        handlers = {"step": self._step, "join": self._join, "compensate": self._compensate,
                     "deadline": self._deadline, "cron": self._cron}
         try:
             return handlers[task.kind](task)
@@ -161,7 +160,7 @@ class Executor:
             log.debug("suspended", extra={**extra, "action": "suspend", "wait": request.kind})
             if token is None:
                 return None
-            return replace(task, kind="step", token=token, fresh=False)  # suspend made it a plain step
+            return replace(task, token=token, fresh=False)
         except Exception as exc:
             metrics.child(metrics.STEP_DURATION, wf.name, step.name).observe(time.perf_counter() - t0)
             err = error_of(step.name, exc)
@@ -201,7 +200,7 @@ class Executor:
             log.info("run succeeded", extra={"action": "run_succeeded", "run_id": task.run_id})
         if token is None:
             return None
-        return replace(task, kind="run", step=str(nxt), queue=queue, attempt=1, token=token, status="running",
+        return replace(task, kind="step", step=str(nxt), queue=queue, attempt=1, token=token, status="running",
                        context=new_ctx, fresh=True)
 
     def _member_done(self, task: Task, graph: Graph, step: StepDef, status: str, output_json: str | None,

@@ -32,7 +32,7 @@ def test_sigkill_mid_step_reruns_it_once_and_records_once(database_url: str, fau
         wait_until(lambda: side_counts(side_log)[("k", "two", "start")] == 1, timeout=20,
                    what="step two running on the first worker")
         (expires, owner), = sql(database_url, fault_schema, "SELECT lease_expires_at, lease_owner FROM tasks "
-                                "WHERE run_id = %(r)s AND kind IN ('step', 'run')", {"r": run_id})
+                                "WHERE run_id = %(r)s AND kind = 'step'", {"r": run_id})
         assert owner.startswith("pod-a:") and fault_client.get(run_id).current_step == "two"
 
         first.kill()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -231,62 +230,3 @@ def test_a_start_that_fails_in_a_batch_fails_alone(setup: tuple[Worker, Client])
     with connect(w.url, w.settings.db) as conn:
         poisoned = conn.execute("SELECT count(*) FROM executions WHERE input ? 'poison'").fetchone()
     assert poisoned is not None and poisoned[0] == 0
-
-
-# -- the task row that follows its run (migration 0008) -------------------------------------------------
-
-
-def _task_row(w: Worker, task_id: int) -> tuple[str, int, str]:
-    """(kind, the xid that last wrote it, lease token) of a task row."""
-    with connect(w.url, w.settings.db) as conn:
-        row = conn.execute("SELECT kind, xmin::text::bigint, lease_token::text FROM tasks WHERE id = %s",
-                           [task_id]).fetchone()
-    assert row is not None
-    return row[0], row[1], row[2]
-
-
-def test_a_fast_path_checkpoint_leaves_the_task_row_alone(setup: tuple[Worker, Client]) -> None:
-    """A run's main-line task follows the run (the lease makes it so): a fast-path checkpoint only
-    checks the row, and the same checkpoint repeated (after an unknown outcome) is refused by the
-    run's position, recording nothing twice."""
-    w, client = setup
-    [task] = _lease(w, client, 1)
-    assert task.kind == "run" and task.step == "gc_one" and task.attempt == 1
-    kind, leased_by, token = _task_row(w, task.id)
-    assert (kind, token) == ("run", task.token)
-
-    def checkpoint(t: Task, step: str, next_node: str) -> str | None:
-        return GroupCommit(w.pool, OWNER, 30).advance(t, step=step, next_node=next_node, next_queue="default",
-                                                      ctx_json='{"n": 1}', started_at=datetime.now(UTC),
-                                                      keep=True)
-
-    assert checkpoint(task, "gc_one", "gc_two") == token
-    following = replace(task, step="gc_two")
-    assert checkpoint(following, "gc_two", "gc_three") == token
-    assert _task_row(w, task.id) == ("run", leased_by, token), "the fast path wrote the task row"
-    assert _run_status(w, task.run_id) == ("running", "gc_three", {"n": 1})
-    with pytest.raises(LeaseLost):
-        checkpoint(following, "gc_two", "gc_three")
-    with connect(w.url, w.settings.db) as conn:
-        steps = conn.execute("SELECT name FROM steps WHERE run_id = %s ORDER BY id", [task.run_id]).fetchall()
-    assert steps == [("gc_one",), ("gc_two",)]
-
-
-def test_the_lease_leaves_a_step_with_waits_or_past_its_first_attempt_a_plain_step(setup: tuple[Worker, Client]
-                                                                                    ) -> None:
-    """Only a first attempt with no waits follows its run from its lease on. A step with a wait may
-    be a parked one whose wake-up (keyed on run, kind and step) races its timeout, or a parallel
-    member a retry made the run's current step; a later attempt may be such a member too."""
-    w, client = setup
-    waited, retried, plain = (client.start("t_gc_grouped", {"n": n}) for n in range(3))
-    with connect(w.url, w.settings.db) as conn:
-        conn.execute("INSERT INTO waits (run_id, step, idx, kind, names, status, until) "
-                     "VALUES (%s, 'gc_one', 0, 'sleep', '{}', 'open', now())", [waited])
-        conn.execute("UPDATE tasks SET attempt = 2 WHERE run_id = %s", [retried])
-        conn.execute("UPDATE executions SET attempt = 2 WHERE id = %s", [retried])
-        # (earlier tests of this module left runs in the queue: lease them all)
-        rows = conn.execute(q("lease_v2"), {"queue": "default", "limit": 500, "owner": OWNER, "ttl": 30}).fetchall()
-    kinds = {str(r[1]): (r[2], r[3], r[7]) for r in rows if r[0] is not None}
-    assert kinds[waited] == ("step", "gc_one", 1)
-    assert kinds[retried] == ("step", "gc_one", 2)
-    assert kinds[plain] == ("run", "gc_one", 1)

@@ -91,12 +91,6 @@ UPDATE tasks SET attempt = attempt + 1, due_at = now() + make_interval(secs => %
 WHERE id = %(task_id)s AND lease_token = %(token)s
 RETURNING id;
 
--- name: unfollow_task
--- A row that followed its run (migration 0008) becomes a plain step again before its step waits,
--- with the run's own step and attempt (the row's went stale while it followed the run).
-UPDATE tasks SET kind = 'step', step = %(step)s, attempt = %(attempt)s
-WHERE id = %(task_id)s AND lease_token = %(token)s AND kind = 'run';
-
 -- name: park_task
 UPDATE tasks SET due_at = %(due_at)s, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE id = %(task_id)s AND lease_token = %(token)s
@@ -115,7 +109,7 @@ DELETE FROM tasks WHERE run_id = %(run_id)s;
 
 -- name: count_other_ready_tasks
 SELECT count(*) FROM tasks
-WHERE run_id = %(run_id)s AND id <> %(task_id)s AND kind IN ('step', 'run', 'join', 'compensate')
+WHERE run_id = %(run_id)s AND id <> %(task_id)s AND kind IN ('step', 'join', 'compensate')
   AND (due_at <= now() OR lease_token IS NOT NULL);
 
 -- name: save_context
@@ -274,8 +268,8 @@ SELECT outcome FROM deliveries WHERE run_id = %(run_id)s AND delivery_id = %(del
 -- name: set_delivery_outcome
 UPDATE deliveries SET outcome = %(outcome)s WHERE run_id = %(run_id)s AND delivery_id = %(delivery_id)s;
 
--- name: advance_v2
-SELECT durable_advance_v2(%(task_id)s, %(token)s, %(run_id)s, %(step)s, %(attempt)s, %(context)s::jsonb,
+-- name: advance_v1
+SELECT durable_advance_v1(%(task_id)s, %(token)s, %(run_id)s, %(step)s, %(attempt)s, %(context)s::jsonb,
                           %(worker)s, %(started_at)s, %(next)s, %(next_queue)s, %(new_token)s, %(ttl)s);
 
 -- name: succeed_v3
