@@ -106,7 +106,7 @@ def _batch_json(items: list[_Advance]) -> str:
 class GroupCommit(groupcommit.GroupCommit[_Advance, "str | None"]):
     """Group commit of the worker's step checkpoints (``advance``), led by the slot threads themselves
     (see ``groupcommit``): everything queued behind a committing checkpoint goes in one call and one
-    commit (migrations 0005, 0006), each run still with exactly its own step's checkpoint, so every
+    commit (migrations 0005 to 0007), each run still with exactly its own step's checkpoint, so every
     step is still recorded in exactly one transaction, and no slot runs its next step before its
     checkpoint is durable."""
 

@@ -251,14 +251,14 @@ class Client:
         """Start a run and return its id; with ``idempotency_key``, the existing run's id if there is one."""
         input_json = dumps(input, what="input", limit=self.settings.limits.max_context_bytes)
         new_id = str(uuid.uuid4())
-        options = {"queue": queue, "scheduled_at": scheduled_at, "idempotency_key": idempotency_key,
-                   "priority": priority, "cache": self._definitions, "run_id": new_id}
+        options: dict[str, Any] = {"queue": queue, "scheduled_at": scheduled_at, "idempotency_key": idempotency_key,
+                                   "priority": priority, "cache": self._definitions, "run_id": new_id}
         try:  # checked before it joins a batch, so a bad start fails alone and changes nothing
-            params = store.start_params(None, workflow, input_json, **options)  # type: ignore[arg-type]
+            params = store.start_params(None, workflow, input_json, **options)
         except store.CacheMiss:
             with self._pool.connection() as conn:
                 self._register_local(conn, workflow)
-                params = store.start_params(conn, workflow, input_json, **options)  # type: ignore[arg-type]
+                params = store.start_params(conn, workflow, input_json, **options)
         watcher = self._watcher
         if watcher is not None:
             watcher.track(new_id)
