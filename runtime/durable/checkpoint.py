@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import psycopg
 from psycopg_pool import ConnectionPool
 
 from . import groupcommit
@@ -122,36 +121,21 @@ class GroupCommit(groupcommit.GroupCommit[_Advance, "str | None"]):
         return self.submit(_Advance(task, step, next_node, next_queue, ctx_json, started_at,
                                     str(uuid.uuid4()) if keep and next_node is not None else None))
 
-    def commit(self, batch: list[groupcommit.Request[_Advance]]) -> None:
-        if len(batch) == 1:
-            req, a = batch[0], batch[0].payload
-            try:
-                with self.pool.connection() as conn:
-                    req.outcome = advance(conn, a.task, step=a.step, next_node=a.next_node,
-                                          next_queue=a.next_queue, ctx_json=a.ctx_json,
-                                          started_at=a.started_at, worker=self.worker, lease_ttl=self.lease_ttl,
-                                          new_token=a.new_token)
-            except Exception as exc:
-                req.outcome = exc
-            return
-        # Rows are locked in run id order, so two workers' batches cannot deadlock each other.
-        batch.sort(key=lambda r: str(r.payload.task.run_id))
-        try:
-            with self.pool.connection() as conn:
-                row = conn.execute(q("checkpoint_batch_v3"), {"batch": _batch_json([r.payload for r in batch]),
-                                                              "worker": self.worker, "ttl": self.lease_ttl}).fetchone()
-        except psycopg.OperationalError as exc:
-            # Whether it committed is unknown; each caller retries its own, guarded by its token.
-            for req in batch:
-                req.outcome = psycopg.OperationalError(str(exc))
-            return
-        except Exception:
-            # One bad request rolled back them all: record each alone, so it fails only itself.
-            for req in batch:
-                self.commit([req])
-            return
-        for req, ok in zip(batch, row[0], strict=True):  # type: ignore[index]
-            req.outcome = req.payload.new_token if ok else LeaseLost(req.payload.task.id)
+    def commit_one(self, a: _Advance) -> str | None:
+        with self.pool.connection() as conn:
+            return advance(conn, a.task, step=a.step, next_node=a.next_node, next_queue=a.next_queue,
+                           ctx_json=a.ctx_json, started_at=a.started_at, worker=self.worker,
+                           lease_ttl=self.lease_ttl, new_token=a.new_token)
+
+    def commit_many(self, items: list[_Advance]) -> list[Any]:
+        with self.pool.connection() as conn:
+            row = conn.execute(q("checkpoint_batch_v3"), {"batch": _batch_json(items), "worker": self.worker,
+                                                          "ttl": self.lease_ttl}).fetchone()
+        oks = row[0]  # type: ignore[index]
+        return [a.new_token if ok else LeaseLost(a.task.id) for a, ok in zip(items, oks, strict=True)]
+
+    def order(self, a: _Advance) -> Any:
+        return str(a.task.run_id)  # executions rows are locked in run id order
 
 
 def retry(conn: Conn, task: Task, *, step: str, error: dict[str, Any], delay_ms: int, started_at: datetime,

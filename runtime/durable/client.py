@@ -176,32 +176,19 @@ class _StartBatch(groupcommit.GroupCommit[dict[str, Any], tuple[str, bool]]):
         super().__init__()
         self.pool = pool
 
-    def commit(self, batch: builtins.list[groupcommit.Request[dict[str, Any]]]) -> None:
-        if len(batch) == 1:
-            req = batch[0]
-            try:
-                with self.pool.connection() as conn:
-                    row = conn.execute(q("start_v1"), req.payload).fetchone()
-                req.outcome = (str(row[0]), bool(row[1]))  # type: ignore[index]
-            except Exception as exc:
-                req.outcome = exc
-            return
-        # Idempotency keys in one order, so two clients' batches cannot deadlock on them.
-        batch.sort(key=lambda r: (r.payload["idempotency_key"] is None, r.payload["idempotency_key"] or ""))
-        try:
-            with self.pool.connection() as conn:
-                starts = _starts_json([r.payload for r in batch])
-                rows = conn.execute(q("start_batch_v1"), {"starts": starts}).fetchall()
-        except psycopg.OperationalError as exc:
-            for req in batch:  # whether it committed is unknown, as for a lone start
-                req.outcome = psycopg.OperationalError(str(exc))
-            return
-        except Exception:
-            for req in batch:
-                self.commit([req])
-            return
-        for req, row in zip(batch, rows, strict=True):
-            req.outcome = (str(row[0]), bool(row[1]))
+    def commit_one(self, start: dict[str, Any]) -> tuple[str, bool]:
+        with self.pool.connection() as conn:
+            row = conn.execute(q("start_v1"), start).fetchone()
+        return str(row[0]), bool(row[1])  # type: ignore[index]
+
+    def commit_many(self, starts: builtins.list[dict[str, Any]]) -> builtins.list[Any]:
+        with self.pool.connection() as conn:
+            rows = conn.execute(q("start_batch_v1"), {"starts": _starts_json(starts)}).fetchall()
+        return [(str(row[0]), bool(row[1])) for row in rows]
+
+    def order(self, start: dict[str, Any]) -> Any:
+        key = start["idempotency_key"]  # keys are inserted in one order by every client
+        return (key is None, key or "")
 
 
 class Client:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Generic, TypeVar, cast
 
+import psycopg
+
 P = TypeVar("P")
 R = TypeVar("R")
 
@@ -39,7 +41,7 @@ class Request(Generic[P]):
 
 
 class GroupCommit(Generic[P, R]):
-    """Subclasses implement ``commit``: record a batch and set each request's ``outcome``."""
+    """Subclasses implement ``commit_one``, ``commit_many`` and ``order``."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -62,9 +64,43 @@ class GroupCommit(Generic[P, R]):
             raise req.outcome
         return cast(R, req.outcome)
 
+    def commit_one(self, payload: P) -> R:
+        """Record one request alone, in its own transaction."""
+        raise NotImplementedError
+
+    def commit_many(self, payloads: list[P]) -> list[Any]:
+        """Record several in one call and one transaction; each one's result or exception, in order."""
+        raise NotImplementedError
+
+    def order(self, payload: P) -> Any:
+        """The sort key of a batch: two processes' batches take their locks in one order, so they
+        cannot deadlock each other."""
+        raise NotImplementedError
+
     def commit(self, batch: list[Request[P]]) -> None:
         """Record ``batch``, setting each request's outcome; raises nothing a caller should not see."""
-        raise NotImplementedError
+        if len(batch) == 1:
+            req = batch[0]
+            try:
+                req.outcome = self.commit_one(req.payload)
+            except Exception as exc:
+                req.outcome = exc
+            return
+        batch.sort(key=lambda r: self.order(r.payload))
+        try:
+            outcomes = self.commit_many([r.payload for r in batch])
+        except psycopg.OperationalError as exc:
+            # Whether it committed is unknown, as for a lone request; each caller decides what next.
+            for req in batch:
+                req.outcome = psycopg.OperationalError(str(exc))
+            return
+        except Exception:
+            # One bad request rolled back them all: record each alone, so it fails only itself.
+            for req in batch:
+                self.commit([req])
+            return
+        for req, outcome in zip(batch, outcomes, strict=True):
+            req.outcome = outcome
 
     def _lead(self, me: Request[P]) -> None:
         with self._lock:
