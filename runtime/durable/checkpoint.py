@@ -70,7 +70,7 @@ def advance(conn: Conn, task: Task, *, step: str | None, next_node: str | None, 
     params = {"task_id": task.id, "token": task.token, "run_id": task.run_id, "step": step,
               "attempt": task.attempt, "context": ctx_json, "worker": worker, "started_at": started_at}
     if next_node is None:
-        if not conn.execute(q("succeed_v3"), params).fetchone()[0]:  # type: ignore[index]
+        if not conn.execute(q("succeed_v2"), params).fetchone()[0]:  # type: ignore[index]
             raise LeaseLost(task.id)
         return None
     row = conn.execute(q("advance_v1"), {**params, "next": next_node, "next_queue": next_queue,

@@ -272,8 +272,8 @@ UPDATE deliveries SET outcome = %(outcome)s WHERE run_id = %(run_id)s AND delive
 SELECT durable_advance_v1(%(task_id)s, %(token)s, %(run_id)s, %(step)s, %(attempt)s, %(context)s::jsonb,
                           %(worker)s, %(started_at)s, %(next)s, %(next_queue)s, %(new_token)s, %(ttl)s);
 
--- name: succeed_v3
-SELECT durable_succeed_v3(%(task_id)s, %(token)s, %(run_id)s, %(step)s, %(attempt)s, %(context)s::jsonb,
+-- name: succeed_v2
+SELECT durable_succeed_v2(%(task_id)s, %(token)s, %(run_id)s, %(step)s, %(attempt)s, %(context)s::jsonb,
                           %(worker)s, %(started_at)s);
 
 -- name: checkpoint_batch_v3

@@ -32,59 +32,9 @@ BEGIN
 END;
 $$;
 
--- As durable_succeed_v2 (migration 0006), with its three clean-up deletes in one statement
--- (18 µs of an 82 µs call were theirs, mostly three executor start-ups; now about half that).
-CREATE FUNCTION durable_succeed_v3(p_task_id bigint, p_token uuid, p_run_id uuid, p_step text, p_attempt integer,
-                                   p_context jsonb, p_worker text, p_started_at timestamptz)
-RETURNS boolean LANGUAGE plpgsql AS $$
-DECLARE
-    v_result jsonb;
-    v_parent uuid;
-    w record;
-BEGIN
-    PERFORM 1 FROM executions WHERE id = p_run_id AND status IN ('running', 'waiting', 'pending') FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
-    DELETE FROM tasks WHERE id = p_task_id AND lease_token = p_token;
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
-    IF p_step IS NOT NULL THEN
-        INSERT INTO steps (run_id, name, kind, attempt, status, final, output, worker, started_at)
-        VALUES (p_run_id, p_step, 'step', p_attempt, 'succeeded', true, p_context, p_worker, p_started_at);
-    END IF;
-    UPDATE executions SET status = 'succeeded', context = coalesce(p_context, context),
-                          result = coalesce(p_context, context), finished_at = now(), updated_at = now()
-    WHERE id = p_run_id
-    RETURNING result, parent_id INTO v_result, v_parent;
-    -- Sequential pipelines leave nothing else behind; this only touches rows of runs that had
-    -- timers, waits or early mail. One statement: each costs an executor start-up.
-    WITH gone_tasks AS (DELETE FROM tasks WHERE run_id = p_run_id),
-         gone_waits AS (DELETE FROM waits WHERE run_id = p_run_id AND status = 'open')
-    DELETE FROM mailbox WHERE run_id = p_run_id;
-    PERFORM pg_notify('durable_runs', p_run_id::text);
-    PERFORM pg_notify('durable_finished', durable_finished_payload_v1(p_run_id));
-    IF v_parent IS NOT NULL THEN
-        FOR w IN UPDATE waits SET status = 'resolved', value = v_result, resolved_at = now()
-                 WHERE child_id = p_run_id AND status = 'open'
-                 RETURNING run_id, step, queue
-        LOOP
-            INSERT INTO tasks (run_id, kind, step, queue, priority, due_at)
-            SELECT id, 'step', w.step, w.queue, priority, now() FROM executions
-            WHERE id = w.run_id AND status IN ('running', 'waiting', 'pending')
-            ON CONFLICT (run_id, kind, step) WHERE run_id IS NOT NULL DO UPDATE SET due_at = now();
-            PERFORM pg_notify('durable_tasks', w.queue);
-            PERFORM pg_notify('durable_runs', w.run_id::text);
-        END LOOP;
-    END IF;
-    RETURN true;
-END;
-$$;
-
--- As durable_checkpoint_batch_v2 (migration 0006), with durable_succeed_v3, and the batch as a
--- JSON array of [task id, lease token, run id, step, attempt, started_at, next node, next queue,
--- new token, context] (JSON null for none): the same records, the same answers in the same order.
+-- As durable_checkpoint_batch_v2 (migration 0006), with the batch as a JSON array of [task id,
+-- lease token, run id, step, attempt, started_at, next node, next queue, new token, context]
+-- (JSON null for none): the same records, the same answers in the same order.
 CREATE FUNCTION durable_checkpoint_batch_v3(p_batch jsonb, p_worker text, p_ttl double precision)
 RETURNS boolean[] LANGUAGE plpgsql AS $$
 DECLARE
@@ -93,7 +43,7 @@ DECLARE
 BEGIN
     FOR e IN SELECT value FROM jsonb_array_elements(p_batch) LOOP
         IF e ->> 6 IS NULL THEN
-            v_ok := v_ok || durable_succeed_v3((e ->> 0)::bigint, (e ->> 1)::uuid, (e ->> 2)::uuid, e ->> 3,
+            v_ok := v_ok || durable_succeed_v2((e ->> 0)::bigint, (e ->> 1)::uuid, (e ->> 2)::uuid, e ->> 3,
                                                (e ->> 4)::integer, nullif(e -> 9, 'null'), p_worker,
                                                (e ->> 5)::timestamptz);
         ELSE
