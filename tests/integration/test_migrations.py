@@ -5,7 +5,9 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
+import pytest
 
+from durable import migrate as migrations
 from durable.migrate import migrate, migration_files
 from tests.support import drop_schema, new_schema
 
@@ -27,5 +29,44 @@ def test_concurrent_migrations_apply_each_file_once(database_url: str) -> None:
             versions = [r[0] for r in conn.execute(f"SELECT version FROM {schema}.schema_migrations ORDER BY 1")]
         assert versions == [v for v, _, _ in migration_files()]
         assert run() == []  # up to date: nothing to do
+    finally:
+        drop_schema(database_url, schema)
+
+
+def test_status_domains_keep_stored_rows_and_refuse_unknown_values(database_url: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """0009 moves the status and kind rules from CHECK constraints to domains: rows stored
+    before it survive unchanged, and the same values are still refused, by name."""
+    schema = new_schema("dom")
+    everything = migration_files()
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            monkeypatch.setattr(migrations, "migration_files", lambda: [f for f in everything if f[0] < 9])
+            migrate(conn, schema)
+            conn.execute(f"SET search_path = {schema}")
+            conn.execute("INSERT INTO workflows (name, hash, first_step, graph) VALUES ('wf', 'h', 'one', '{}')")
+            run_id = conn.execute("SELECT run_id FROM durable_start_v1(gen_random_uuid(), 'wf', 'h', 'default', 0,"
+                                  " '{\"a\": 1}', 'one', NULL, NULL, NULL, NULL, NULL, NULL)").fetchone()[0]
+            conn.execute("INSERT INTO steps (run_id, name, attempt, status, output, started_at) VALUES (%s, 'one', 1,"
+                         " 'succeeded', '{\"a\": 2}', now())", (run_id,))
+            before = conn.execute("SELECT e.status, t.kind, s.kind, s.status, e.input FROM executions e"
+                                  " JOIN tasks t ON t.run_id = e.id JOIN steps s ON s.run_id = e.id").fetchall()
+            monkeypatch.setattr(migrations, "migration_files", lambda: everything)
+            assert migrate(conn, schema) == [name for v, name, _ in everything if v >= 9]
+            after = conn.execute("SELECT e.status, t.kind, s.kind, s.status, e.input FROM executions e"
+                                 " JOIN tasks t ON t.run_id = e.id JOIN steps s ON s.run_id = e.id").fetchall()
+            assert after == before == [("pending", "step", "step", "succeeded", {"a": 1})]
+            refused = [
+                ("UPDATE executions SET status = 'sleeping'", "durable_run_status_check"),
+                ("UPDATE tasks SET kind = 'nap'", "durable_task_kind_check"),
+                ("UPDATE steps SET kind = 'nap'", "durable_step_kind_check"),
+                ("UPDATE steps SET status = 'running'", "durable_step_status_check"),
+            ]
+            for statement, constraint in refused:
+                with pytest.raises(psycopg.errors.CheckViolation, match=constraint):
+                    conn.execute(statement)
+            assert conn.execute("SELECT e.status, t.kind, s.kind, s.status, e.input FROM executions e"
+                                " JOIN tasks t ON t.run_id = e.id JOIN steps s ON s.run_id = e.id").fetchall() == after
+            conn.execute("UPDATE executions SET status = 'running'")  # an allowed value still goes in
     finally:
         drop_schema(database_url, schema)
