@@ -25,6 +25,8 @@ class Task:
     deadline: datetime | None = None
     # True when no wait journal exists for this step yet (a step just entered), so none is loaded.
     fresh: bool = False
+    # True when this lease set the run running (from pending or waiting): the worker announces it.
+    started: bool = False
 
     @classmethod
     def from_lease_row(cls, row: tuple[Any, ...]) -> Task:
@@ -33,4 +35,4 @@ class Task:
         return cls(id=id_, run_id=str(run_id) if run_id else None, kind=kind, step=step, queue=queue,
                    priority=priority, attempt=attempt, token=str(token), workflow=workflow,
                    run_queue=run_queue or queue, status="running" if started else status, context=context,
-                   schedule_name=schedule_name, deadline=deadline, fresh=not has_journal)
+                   schedule_name=schedule_name, deadline=deadline, fresh=not has_journal, started=bool(started))

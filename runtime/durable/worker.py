@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 
 from . import metrics
+from .announce import RunAnnouncer
 from .db import connect, make_pool, q, resolve_url, retry_while_unreachable
 from .dsl import REGISTRY, Workflow
 from .executor import Executor
@@ -90,6 +91,7 @@ class Worker:
         self._stop = threading.Event()
         self.loop = asyncio.new_event_loop()
         self._threads: list[threading.Thread] = []
+        self.announcer = RunAnnouncer(self.pool)
         self.executor = Executor(self.pool, self.settings, self.owner, self.loop)
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -110,7 +112,8 @@ class Worker:
         """Prepare and start background threads; ``run_forever`` or ``stop`` afterwards."""
         self.prepare()
         for target, name in ((self.loop.run_forever, "durable-loop"), (self._listen, "durable-listen"),
-                             (self._renew, "durable-renew"), (self._dispatch, "durable-dispatch")):
+                             (self._renew, "durable-renew"), (self._dispatch, "durable-dispatch"),
+                             (self.announcer.run, "durable-announce")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -133,6 +136,7 @@ class Worker:
                 t.join(grace)  # no new task may be handed to the slots once they shut down
         with self._round:  # a round the listen thread is running finishes handing its tasks to the slots
             self.slots.shutdown(wait=True, cancel_futures=True)
+        self.announcer.close()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.pool.close(timeout=grace)
 
@@ -192,9 +196,10 @@ class Worker:
             return poll
         with self.pool.connection() as conn:
             for queue, n in wanted.items():
-                rows = conn.execute(q("lease_v2"), {"queue": queue, "limit": n, "owner": self.owner,
+                rows = conn.execute(q("lease_v3"), {"queue": queue, "limit": n, "owner": self.owner,
                                                     "ttl": self.settings.worker.lease_seconds}).fetchall()
                 drained = False
+                tasks = []
                 for row in rows:
                     if row[0] is None:
                         drained = True
@@ -202,7 +207,9 @@ class Worker:
                             # Small floor: a due task we could not lease (locked by a peer) must not make us spin.
                             wait = min(wait, max(0.005, float(row[-1])))
                         continue
-                    task = Task.from_lease_row(tuple(row))
+                    tasks.append(Task.from_lease_row(tuple(row)))
+                self.announcer.add([str(t.run_id) for t in tasks if t.started])
+                for task in tasks:
                     with self._lock:
                         self.free[queue] -= 1
                         self.inflight[task.id] = task

@@ -53,6 +53,18 @@ def rt_nap(input: Any) -> Any:
     return {"slept": True}
 
 
+held = Workflow("t_rt_held")
+_held_entered = threading.Event()
+_held_release = threading.Event()
+
+
+@held.step
+def rt_held(input: Any) -> Any:
+    _held_entered.set()
+    _held_release.wait(20)
+    return input
+
+
 def _status(database_url: str, schema: str, run_id: str) -> str:
     with psycopg.connect(database_url, autocommit=True, options=f"-c search_path={schema}") as conn:
         row = conn.execute("SELECT status FROM executions WHERE id = %s", [run_id]).fetchone()
@@ -173,13 +185,13 @@ def test_lease_round_reports_a_drained_queue_and_its_next_due_task(database_url:
     settings = settings_for(database_url, schema)
     with connect(database_url, settings.db) as conn:
         conn.execute("INSERT INTO queues (name) VALUES ('rt_timers') ON CONFLICT DO NOTHING")
-        rows = conn.execute(q("lease_v2"), {"queue": "rt_timers", "limit": 2, "owner": "t", "ttl": 5}).fetchall()
+        rows = conn.execute(q("lease_v3"), {"queue": "rt_timers", "limit": 2, "owner": "t", "ttl": 5}).fetchall()
         # Nothing to lease: one marker row (id NULL) and no due task at all.
         assert [(r[0], r[-1]) for r in rows] == [(None, None)]
         conn.execute("INSERT INTO tasks (kind, schedule_name, queue, due_at) "
                      "VALUES ('cron', 'rt-nothing', 'rt_timers', now() + interval '3 seconds')")
         try:
-            rows = conn.execute(q("lease_v2"), {"queue": "rt_timers", "limit": 2, "owner": "t",
+            rows = conn.execute(q("lease_v3"), {"queue": "rt_timers", "limit": 2, "owner": "t",
                                                 "ttl": 5}).fetchall()
             [(task_id, next_due)] = [(r[0], r[-1]) for r in rows]
             assert task_id is None and 2.0 < next_due <= 3.0
@@ -208,9 +220,9 @@ def test_a_lease_round_does_not_walk_a_queue_of_sleeping_tasks(database_url: str
         conn.execute("ANALYZE tasks")
         try:
             for _ in range(3):  # past the plan cache's first custom plans
-                conn.execute(q("lease_v2"), {"queue": "rt_sleepy", "limit": 4, "owner": "t", "ttl": 5}).fetchall()
+                conn.execute(q("lease_v3"), {"queue": "rt_sleepy", "limit": 4, "owner": "t", "ttl": 5}).fetchall()
             before = tuples_read(conn)
-            rows = conn.execute(q("lease_v2"), {"queue": "rt_sleepy", "limit": 4, "owner": "t", "ttl": 5}).fetchall()
+            rows = conn.execute(q("lease_v3"), {"queue": "rt_sleepy", "limit": 4, "owner": "t", "ttl": 5}).fetchall()
             read = tuples_read(conn) - before
             [(task_id, next_due)] = [(r[0], r[-1]) for r in rows]
             assert task_id is None and 60.0 < next_due <= 61.5  # the earliest sleeper, whatever its priority
@@ -242,7 +254,7 @@ def test_a_round_that_fills_every_free_slot_says_whether_more_are_ready(database
     settings = settings_for(database_url, schema)
 
     def lease(conn: psycopg.Connection[Any], limit: int) -> tuple[int, bool]:
-        rows = conn.execute(q("lease_v2"), {"queue": "rt_full", "limit": limit, "owner": "t", "ttl": 5}).fetchall()
+        rows = conn.execute(q("lease_v3"), {"queue": "rt_full", "limit": limit, "owner": "t", "ttl": 5}).fetchall()
         return sum(1 for r in rows if r[0] is not None), any(r[0] is None for r in rows)
 
     with connect(database_url, settings.db) as conn:
@@ -258,3 +270,39 @@ def test_a_round_that_fills_every_free_slot_says_whether_more_are_ready(database
             assert lease(conn, 2) == (1, True)
         finally:
             conn.execute("DELETE FROM tasks WHERE queue = 'rt_full'")
+
+
+def test_a_run_set_running_by_a_lease_is_announced_while_its_first_step_runs(database_url: str, schema: str,
+                                                                               client: Client) -> None:
+    """The lease round does not notify (migration 0010); the worker announces the run apart."""
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute("LISTEN durable_runs")
+        run_id = client.start("t_rt_held", {"n": 1})
+        try:
+            assert _held_entered.wait(10), "the first step never started"
+            statuses = []  # the start's own notification, then the announcement
+            for n in listener.notifies(timeout=5):
+                if n.payload == run_id:
+                    statuses.append(_status(database_url, schema, run_id))
+                    if len(statuses) == 2:
+                        break
+            assert statuses == ["running", "running"], statuses
+        finally:
+            _held_release.set()
+    assert client.wait(run_id, timeout=10).result == {"n": 1}
+
+
+def test_a_lease_round_commits_no_notification(database_url: str, schema: str, worker: Worker) -> None:
+    with connect(database_url, settings_for(database_url, schema).db) as conn, \
+            psycopg.connect(database_url, autocommit=True) as listener:
+        conn.execute("INSERT INTO queues (name) VALUES ('rt_silent') ON CONFLICT DO NOTHING")
+        listener.execute("LISTEN durable_runs")
+        with conn.transaction():
+            conn.execute(q("start_v1"), {"id": str(uuid.uuid4()), "workflow": "t_rt_quick", "hash": quick.graph.hash,
+                                         "queue": "rt_silent", "priority": 0, "input": "{}", "first_step": "rt_one",
+                                         "idempotency_key": None, "parent_id": None, "parent_step": None,
+                                         "parent_wait_idx": None, "scheduled_at": None, "deadline": None})
+        assert len(list(listener.notifies(timeout=2, stop_after=1))) == 1  # the start's
+        rows = conn.execute(q("lease_v3"), {"queue": "rt_silent", "limit": 2, "owner": "t", "ttl": 5}).fetchall()
+        assert [r[15] for r in rows if r[0] is not None] == [True]  # it did set the run running
+        assert list(listener.notifies(timeout=0.5)) == []
