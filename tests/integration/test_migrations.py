@@ -70,3 +70,33 @@ def test_status_domains_keep_stored_rows_and_refuse_unknown_values(database_url:
             conn.execute("UPDATE executions SET status = 'running'")  # an allowed value still goes in
     finally:
         drop_schema(database_url, schema)
+
+
+def test_a_runs_status_changes_touch_no_index(database_url: str) -> None:
+    """0011: no index covers executions.status, so leasing and finishing a run are HOT updates."""
+    schema = new_schema("hot")
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            migrate(conn, schema)
+            conn.execute(f"SET search_path = {schema}")
+            conn.execute("INSERT INTO workflows (name, hash, first_step, graph) VALUES ('wf', 'h', 'one', '{}')")
+            run_id = conn.execute("SELECT run_id FROM durable_start_v1(gen_random_uuid(), 'wf', 'h', 'default', 0,"
+                                  " '{}', 'one', NULL, NULL, NULL, NULL, NULL, NULL)").fetchone()[0]
+
+            def hot_updates() -> int:
+                # This backend's own count, read back at once (pg_stat_user_tables lags behind).
+                return int(conn.execute("SELECT pg_stat_get_xact_tuples_hot_updated('executions'::regclass)"
+                                        ).fetchone()[0])
+
+            before = hot_updates()
+            leased = conn.execute("SELECT id, lease_token, started FROM durable_lease_v3('default', 1, 'o', 30)"
+                                  " WHERE id IS NOT NULL").fetchall()
+            assert [r[2] for r in leased] == [True]
+            assert hot_updates() == before + 1
+            task_id, token, _ = leased[0]
+            assert conn.execute("SELECT durable_succeed_v2(%s, %s, %s, 'one', 1, '{\"ok\": 1}', 'o', now())",
+                                (task_id, token, run_id)).fetchone()[0]
+            assert hot_updates() == before + 2
+            assert conn.execute("SELECT status, result FROM executions").fetchall() == [("succeeded", {"ok": 1})]
+    finally:
+        drop_schema(database_url, schema)

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+import pytest
 
 from durable import Client, NonRetryableError, Workflow, assign, sleep
 from durable.client import _RunWatcher
@@ -306,3 +307,18 @@ def test_a_lease_round_commits_no_notification(database_url: str, schema: str, w
         rows = conn.execute(q("lease_v3"), {"queue": "rt_silent", "limit": 2, "owner": "t", "ttl": 5}).fetchall()
         assert [r[15] for r in rows if r[0] is not None] == [True]  # it did set the run running
         assert list(listener.notifies(timeout=0.5)) == []
+
+
+def test_list_filters_by_status_newest_first(client: Client) -> None:
+    """Without an index on status (migration 0011) the filter walks runs newest first."""
+    failed = [client.start("t_rt_fails", {"what": f"luck {i}"}) for i in range(3)]
+    done = client.start("t_rt_quick", {"n": 1})
+    for run_id in [*failed, done]:
+        client.wait(run_id, timeout=10)
+    listed = client.list(workflow="t_rt_fails", status="failed", limit=2)
+    assert [r.id for r in listed] == failed[:0:-1]
+    assert all(r.status == "failed" for r in listed)
+    assert done in [r.id for r in client.list(status="succeeded", limit=1000)]
+    assert done not in [r.id for r in client.list(status="failed", limit=1000)]
+    with pytest.raises(ValueError, match="sleeping"):
+        client.list(status="sleeping")
