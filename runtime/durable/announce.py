@@ -1,6 +1,6 @@
 """Announcing the runs a worker started, on ``durable_runs``, a few at a time.
 
-A dispatch round that leases a pending or waiting run marks it running (``durable_lease_v3``,
+A dispatch round that leases a pending or waiting run marks it running (``durable_lease_v3`` and later,
 migration 0010) but does not notify: a notifying commit takes PostgreSQL's commit-time NOTIFY
 lock and holds it through its WAL flush, so under load a round waited there behind the flushes
 of other commits, on every new run's way to its first step. Instead, this thread announces the
