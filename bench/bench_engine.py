@@ -36,13 +36,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from bench.load import closed_loop
 from durable import Client
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -241,13 +241,11 @@ def measure_throughput(client: Client, url: str, workflows: int, concurrency: in
     """Warm-up, then ``workflows`` runs from ``concurrency`` threads; also the write transactions
     (xids) and WAL bytes per workflow, exact because nothing else writes meanwhile."""
     one = functools.partial(run_three_steps, client)
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(one, range(warmup_runs(concurrency))))
+    closed_loop(one, warmup_runs(concurrency), concurrency)
     before = db_counters(url)
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        started = time.perf_counter()
-        list(pool.map(one, range(workflows)))
-        elapsed = time.perf_counter() - started
+    started = time.perf_counter()
+    closed_loop(one, workflows, concurrency)
+    elapsed = time.perf_counter() - started
     after = db_counters(url)
     return {"throughput_wps": workflows / elapsed, "throughput_seconds": elapsed,
             "write_xacts_per_workflow": (after["next_xid"] - before["next_xid"]) / workflows,
@@ -310,7 +308,7 @@ def run_dbos(url: str, workflows: int, concurrency: int, sequential: int, log_di
     path = log_dir / "dbos.log"
     with path.open("wb") as err:
         proc = subprocess.run(
-            [sys.executable, str(REPO_ROOT / "bench" / "dbos_peer.py"), "--database-url", url,
+            [sys.executable, "-m", "bench.dbos_peer", "--database-url", url,
              "--workflows", str(workflows), "--concurrency", str(concurrency), "--sequential", str(sequential)],
             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=err, timeout=900, check=False)
     lines = proc.stdout.decode(errors="replace").strip().splitlines()
@@ -376,7 +374,8 @@ def print_report(res: dict[str, Any]) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.bench_engine", description=__doc__.splitlines()[0])
-    p.add_argument("--workflows", type=int, default=2000, help="runs in the throughput phase (a)")
+    p.add_argument("--workflows", type=int, default=5000,
+                   help="runs in the throughput phase (a), for each peer: at least a few seconds of each")
     p.add_argument("--concurrency", type=int, default=8, help="client threads, and each worker's slots")
     p.add_argument("--sequential", type=int, default=300, help="runs in the sequential latency phase (b)")
     p.add_argument("--events", type=int, default=50, help="runs in the event wake-up phase (c)")

@@ -1,6 +1,6 @@
 """DBOS Transact peer for the Durable benchmark.
 
-Our benchmark calls this module (normally as a subprocess, see ``__main__``) to
+Our benchmark calls this module (normally as a subprocess, ``python -m bench.dbos_peer``) to
 run the same three-step workflow on DBOS Transact against the same PostgreSQL
 server, so both engines' figures come from one run on one machine. A separate
 process is preferred because DBOS keeps process-global state (a singleton, a
@@ -17,10 +17,11 @@ import argparse
 import json
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from dbos import DBOS, DBOSConfig
 from sqlalchemy.engine import make_url
+
+from bench.load import closed_loop
 
 DBOS_DATABASE = "dbos_bench"
 WARMUP_RUNS = 20
@@ -90,13 +91,10 @@ def run_dbos_benchmark(
 
         # Warm-up pays for connection setup, first-call registry lookups and
         # executor thread creation, which would otherwise skew both parts.
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            list(pool.map(_run_once, range(max(WARMUP_RUNS, concurrency))))
-
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            started = time.perf_counter()
-            list(pool.map(_run_once, range(workflows)))
-            throughput_s = time.perf_counter() - started
+        closed_loop(_run_once, max(WARMUP_RUNS, concurrency), concurrency)
+        started = time.perf_counter()
+        closed_loop(_run_once, workflows, concurrency)
+        throughput_s = time.perf_counter() - started
 
         samples: list[float] = []
         for i in range(sequential):
