@@ -196,7 +196,7 @@ class Worker:
             return poll
         with self.pool.connection() as conn:
             for queue, n in wanted.items():
-                rows = conn.execute(q("lease_v4"), {"queue": queue, "limit": n, "owner": self.owner,
+                rows = conn.execute(q("lease_v3"), {"queue": queue, "limit": n, "owner": self.owner,
                                                     "ttl": self.settings.worker.lease_seconds}).fetchall()
                 drained = False
                 tasks = []

@@ -48,7 +48,7 @@ def _lease(w: Worker, client: Client, n: int) -> list[Task]:
     for i in range(n):
         client.start("t_gc_grouped", {"n": i})
     with connect(w.url, w.settings.db) as conn:
-        rows = conn.execute(q("lease_v4"), {"queue": "default", "limit": n, "owner": OWNER, "ttl": 30}).fetchall()
+        rows = conn.execute(q("lease_v3"), {"queue": "default", "limit": n, "owner": OWNER, "ttl": 30}).fetchall()
     tasks = [Task.from_lease_row(tuple(r)) for r in rows if r[0] is not None]
     assert len(tasks) == n
     return tasks

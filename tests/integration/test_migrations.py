@@ -89,7 +89,7 @@ def test_a_runs_status_changes_touch_no_index(database_url: str) -> None:
                                         ).fetchone()[0])
 
             before = hot_updates()
-            leased = conn.execute("SELECT id, lease_token, started FROM durable_lease_v4('default', 1, 'o', 30)"
+            leased = conn.execute("SELECT id, lease_token, started FROM durable_lease_v3('default', 1, 'o', 30)"
                                   " WHERE id IS NOT NULL").fetchall()
             assert [r[2] for r in leased] == [True]
             assert hot_updates() == before + 1

@@ -186,13 +186,13 @@ def test_lease_round_reports_a_drained_queue_and_its_next_due_task(database_url:
     settings = settings_for(database_url, schema)
     with connect(database_url, settings.db) as conn:
         conn.execute("INSERT INTO queues (name) VALUES ('rt_timers') ON CONFLICT DO NOTHING")
-        rows = conn.execute(q("lease_v4"), {"queue": "rt_timers", "limit": 2, "owner": "t", "ttl": 5}).fetchall()
+        rows = conn.execute(q("lease_v3"), {"queue": "rt_timers", "limit": 2, "owner": "t", "ttl": 5}).fetchall()
         # Nothing to lease: one marker row (id NULL) and no due task at all.
         assert [(r[0], r[-1]) for r in rows] == [(None, None)]
         conn.execute("INSERT INTO tasks (kind, schedule_name, queue, due_at) "
                      "VALUES ('cron', 'rt-nothing', 'rt_timers', now() + interval '3 seconds')")
         try:
-            rows = conn.execute(q("lease_v4"), {"queue": "rt_timers", "limit": 2, "owner": "t",
+            rows = conn.execute(q("lease_v3"), {"queue": "rt_timers", "limit": 2, "owner": "t",
                                                 "ttl": 5}).fetchall()
             [(task_id, next_due)] = [(r[0], r[-1]) for r in rows]
             assert task_id is None and 2.0 < next_due <= 3.0
@@ -209,12 +209,12 @@ def test_the_next_due_task_is_reported_across_priorities(database_url: str, sche
             conn.execute("INSERT INTO tasks (kind, schedule_name, queue, priority, due_at) "
                          "VALUES ('cron', %s, 'rt_prios', %s, now() + %s::interval)", (name, priority, due))
         try:
-            rows = conn.execute(q("lease_v4"), {"queue": "rt_prios", "limit": 2, "owner": "t", "ttl": 5}).fetchall()
+            rows = conn.execute(q("lease_v3"), {"queue": "rt_prios", "limit": 2, "owner": "t", "ttl": 5}).fetchall()
             [(task_id, next_due)] = [(r[0], r[-1]) for r in rows]
             assert task_id is None and 1.0 < next_due <= 2.0
             conn.execute("INSERT INTO tasks (kind, schedule_name, queue, priority, due_at) "
                          "VALUES ('cron', 'rt-p3', 'rt_prios', 3, now())")
-            rows = conn.execute(q("lease_v4"), {"queue": "rt_prios", "limit": 1, "owner": "t", "ttl": 5}).fetchall()
+            rows = conn.execute(q("lease_v3"), {"queue": "rt_prios", "limit": 1, "owner": "t", "ttl": 5}).fetchall()
             assert [r[4] for r in rows if r[0] is not None] == ["rt-p3"]  # every slot filled; nothing else ready
             [next_due] = [r[-1] for r in rows if r[0] is None]
             assert 1.0 < next_due <= 2.0, next_due  # priority 1 was not reached by the pick, yet counts
@@ -243,9 +243,9 @@ def test_a_lease_round_does_not_walk_a_queue_of_sleeping_tasks(database_url: str
         conn.execute("ANALYZE tasks")
         try:
             for _ in range(3):  # past the plan cache's first custom plans
-                conn.execute(q("lease_v4"), {"queue": "rt_sleepy", "limit": 4, "owner": "t", "ttl": 5}).fetchall()
+                conn.execute(q("lease_v3"), {"queue": "rt_sleepy", "limit": 4, "owner": "t", "ttl": 5}).fetchall()
             before = tuples_read(conn)
-            rows = conn.execute(q("lease_v4"), {"queue": "rt_sleepy", "limit": 4, "owner": "t", "ttl": 5}).fetchall()
+            rows = conn.execute(q("lease_v3"), {"queue": "rt_sleepy", "limit": 4, "owner": "t", "ttl": 5}).fetchall()
             read = tuples_read(conn) - before
             [(task_id, next_due)] = [(r[0], r[-1]) for r in rows]
             assert task_id is None and 60.0 < next_due <= 61.5  # the earliest sleeper, whatever its priority
@@ -277,7 +277,7 @@ def test_a_round_that_fills_every_free_slot_says_whether_more_are_ready(database
     settings = settings_for(database_url, schema)
 
     def lease(conn: psycopg.Connection[Any], limit: int) -> tuple[int, bool]:
-        rows = conn.execute(q("lease_v4"), {"queue": "rt_full", "limit": limit, "owner": "t", "ttl": 5}).fetchall()
+        rows = conn.execute(q("lease_v3"), {"queue": "rt_full", "limit": limit, "owner": "t", "ttl": 5}).fetchall()
         return sum(1 for r in rows if r[0] is not None), any(r[0] is None for r in rows)
 
     with connect(database_url, settings.db) as conn:
@@ -326,7 +326,7 @@ def test_a_lease_round_commits_no_notification(database_url: str, schema: str, w
                                          "idempotency_key": None, "parent_id": None, "parent_step": None,
                                          "parent_wait_idx": None, "scheduled_at": None, "deadline": None})
         assert len(list(listener.notifies(timeout=2, stop_after=1))) == 1  # the start's
-        rows = conn.execute(q("lease_v4"), {"queue": "rt_silent", "limit": 2, "owner": "t", "ttl": 5}).fetchall()
+        rows = conn.execute(q("lease_v3"), {"queue": "rt_silent", "limit": 2, "owner": "t", "ttl": 5}).fetchall()
         assert [r[15] for r in rows if r[0] is not None] == [True]  # it did set the run running
         assert list(listener.notifies(timeout=0.5)) == []
 

@@ -53,9 +53,9 @@ SELECT pg_notify('durable_runs', %(run_id)s::text);
 -- The finished run itself travels with the notification (migration 0006), so a waiting client need not read it.
 SELECT pg_notify('durable_finished', durable_finished_payload_v1(%(run_id)s::uuid));
 
--- name: lease_v4
+-- name: lease_v3
 -- The worker announces the runs it starts (migration 0010, announce.RunAnnouncer).
-SELECT * FROM durable_lease_v4(%(queue)s, %(limit)s, %(owner)s, %(ttl)s);
+SELECT * FROM durable_lease_v3(%(queue)s, %(limit)s, %(owner)s, %(ttl)s);
 
 -- name: announce_runs
 SELECT durable_announce_runs_v1(%(runs)s::uuid[]);
