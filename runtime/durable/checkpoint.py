@@ -318,7 +318,7 @@ def member_done(conn: Conn, task: Task, *, step: str, node: str, members: list[t
     """Record a parallel member's final outcome; start the next member or, when all are done,
     lease the join to ourselves (returns its task id and token)."""
     with conn.transaction():
-        _guard(conn, task)
+        run = _guard(conn, task)
         _record(conn, task, step, status=status, started_at=started_at, worker=worker, output_json=output_json,
                 error=error)
         conn.execute(q("delete_task"), {"task_id": task.id, "token": task.token})
@@ -337,6 +337,11 @@ def member_done(conn: Conn, task: Task, *, step: str, node: str, members: list[t
             conn.execute(q("insert_task"), {"run_id": task.run_id, "kind": "step", "step": name, "queue": queue,
                                             "priority": task.priority, "due_at": None})
             conn.execute(q("notify_tasks"), {"queue": queue})
+        else:
+            # Every member left is parked on a wait: the run is waiting, as suspend() would say.
+            others = conn.execute(q("count_other_ready_tasks"), {"run_id": task.run_id, "task_id": task.id}).fetchone()
+            if run[2] in ("running", "pending") and not others[0]:  # type: ignore[index]
+                conn.execute(q("set_status"), {"status": "waiting", "run_id": task.run_id})
         conn.execute(q("notify_run"), {"run_id": task.run_id})
         return None
 

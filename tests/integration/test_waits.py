@@ -342,3 +342,51 @@ def test_redeploy_resumes_by_step_name_or_fails_naming_the_missing_step(client: 
         assert "step 'gate' no longer exists in workflow 't_versioned'" in run.error["message"]
     finally:
         REGISTRY.remove("t_versioned")
+
+
+member_waits = Workflow("t_parallel_member_waits")
+member_entries: dict[str, int] = {}
+
+
+@member_waits.step
+def mw_init(ctx: Any) -> Any:
+    return ctx
+
+
+with member_waits.parallel(max_concurrency=2) as mw:
+
+    @mw.step
+    def mw_waiter(ctx: Any) -> Any:
+        member_entries[ctx["tag"]] = member_entries.get(ctx["tag"], 0) + 1
+        return {"got": wait_for_event("go")}
+
+    @mw.step
+    def mw_quick(ctx: Any) -> Any:
+        return {"quick": True}
+
+    @mw.step
+    def mw_third(ctx: Any) -> Any:
+        return {"third": True}
+
+
+@member_waits.step
+def mw_done(ctx: Any) -> Any:
+    return assign(ctx, results=ctx["__results__"])
+
+
+def test_a_member_waiting_without_a_timer_is_not_started_again(client: Client) -> None:
+    """A member parked on a wait with no timeout has no task row; the others finishing must neither
+    start it again (its code before the wait would re-run) nor count it as finished."""
+    tag = f"mw-{time.time_ns()}"
+    run_id = client.start("t_parallel_member_waits", {"tag": tag})
+    wait_until(lambda: any(w.status == "open" for w in client.get(run_id).waits), what="the member's wait")
+    wait_until(lambda: {s.name for s in client.get(run_id).steps} >= {"mw_quick", "mw_third"},
+               what="the other members to finish")
+    time.sleep(0.5)  # time for a wrongly re-inserted member to run
+    assert member_entries[tag] == 1
+    assert client.get(run_id).status == "waiting"
+    client.send_event(run_id, "go", {"n": 7})
+    run = client.wait(run_id, timeout=10)
+    assert run.status == "succeeded", run.error
+    assert run.result["results"]["mw_waiter"] == ["ok", {"got": {"n": 7}}]
+    assert member_entries[tag] == 2  # entered once, resumed once

@@ -149,7 +149,11 @@ WHERE run_id = %(run_id)s AND kind = 'step' AND final AND name = ANY(%(names)s::
 ORDER BY name, id DESC;
 
 -- name: member_tasks
-SELECT step FROM tasks WHERE run_id = %(run_id)s AND kind = 'step' AND step = ANY(%(names)s::text[]);
+-- Members started and not finished: those with a task row, and those parked on a wait without a
+-- timer, which have none.
+SELECT step FROM tasks WHERE run_id = %(run_id)s AND kind = 'step' AND step = ANY(%(names)s::text[])
+UNION
+SELECT step FROM waits WHERE run_id = %(run_id)s AND status = 'open' AND step = ANY(%(names)s::text[]);
 
 -- name: insert_wait
 INSERT INTO waits (run_id, step, idx, kind, names, prompt, until, has_timeout_value, timeout_value, queue)
