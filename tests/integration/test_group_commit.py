@@ -162,10 +162,12 @@ def _starts_queued_behind_a_busy_one(w: Worker, client: Client, inputs: list[dic
         leader = threading.Thread(target=start, args=(0,))
         leader.start()
         wait_until(lambda: batch._busy and not batch._queue, what="the first start to lead")
-        followers = [threading.Thread(target=start, args=(i,)) for i in range(1, len(inputs))]
-        for t in followers:
-            t.start()
-        wait_until(lambda: len(batch._queue) == len(inputs) - 1, what="the other starts to queue")
+        followers = []
+        for i in range(1, len(inputs)):
+            # One at a time: the queue's order is the batch's order for a repeated idempotency key.
+            followers.append(threading.Thread(target=start, args=(i,)))
+            followers[-1].start()
+            wait_until(lambda i=i: len(batch._queue) == i, what=f"start {i} to queue")
         blocker.rollback()
     for t in [leader, *followers]:
         t.join(10)
