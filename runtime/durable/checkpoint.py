@@ -9,7 +9,6 @@ load, one commit for the steps several slots finished meanwhile (``GroupCommit``
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,12 +18,10 @@ from psycopg_pool import ConnectionPool
 
 from . import groupcommit
 from .db import q
-from .jsonutil import dumps
+from .jsonutil import dumps, rows_with_json_last
 from .store import Conn, finish_run, record_all_progress, resolve_wait, start_run
 from .tasks import Task
 from .waits import WaitRequest
-
-_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class LeaseLost(Exception):
@@ -92,14 +89,10 @@ class _Advance:
 
 
 def _batch_json(items: list[_Advance]) -> str:
-    """The batch as ``durable_checkpoint_batch_v3`` takes it; each context is spliced in as it is
-    (already checked JSON), not encoded a second time."""
-    rows = []
-    for a in items:
-        head = _encode([a.task.id, a.task.token, a.task.run_id, a.step, a.task.attempt, a.started_at.isoformat(),
-                        a.next_node, a.next_queue, a.new_token])
-        rows.append(f"{head[:-1]},{a.ctx_json or 'null'}]")
-    return f"[{','.join(rows)}]"
+    """The batch as ``durable_checkpoint_batch_v3`` takes it, each context last."""
+    return rows_with_json_last(([a.task.id, a.task.token, a.task.run_id, a.step, a.task.attempt,
+                                 a.started_at.isoformat(), a.next_node, a.next_queue, a.new_token], a.ctx_json)
+                               for a in items)
 
 
 class GroupCommit(groupcommit.GroupCommit[_Advance, "str | None"]):
@@ -235,11 +228,16 @@ def suspend(conn: Conn, task: Task, *, step: str, request: WaitRequest, queue: s
             conn.execute(q("notify_tasks"), {"queue": queue})
         else:
             conn.execute(q("delete_task"), {"task_id": task.id, "token": task.token})
-        others = conn.execute(q("count_other_ready_tasks"), {"run_id": run_id, "task_id": task.id}).fetchone()
-        if run[2] in ("running", "pending") and not others[0]:  # type: ignore[index]
-            conn.execute(q("set_status"), {"status": "waiting", "run_id": run_id})
+        _mark_waiting_when_idle(conn, run, task)
         conn.execute(q("notify_run"), {"run_id": run_id})
         return None
+
+
+def _mark_waiting_when_idle(conn: Conn, run: tuple[Any, ...], task: Task) -> None:
+    """Our task is parked or gone: a running run with no other task ready or leased is waiting."""
+    others = conn.execute(q("count_other_ready_tasks"), {"run_id": task.run_id, "task_id": task.id}).fetchone()
+    if run[2] in ("running", "pending") and not others[0]:  # type: ignore[index]
+        conn.execute(q("set_status"), {"status": "waiting", "run_id": task.run_id})
 
 
 def _satisfy(conn: Conn, run: tuple[Any, ...], task: Task, step: str, request: WaitRequest,
@@ -338,10 +336,7 @@ def member_done(conn: Conn, task: Task, *, step: str, node: str, members: list[t
                                             "priority": task.priority, "due_at": None})
             conn.execute(q("notify_tasks"), {"queue": queue})
         else:
-            # Every member left is parked on a wait: the run is waiting, as suspend() would say.
-            others = conn.execute(q("count_other_ready_tasks"), {"run_id": task.run_id, "task_id": task.id}).fetchone()
-            if run[2] in ("running", "pending") and not others[0]:  # type: ignore[index]
-                conn.execute(q("set_status"), {"status": "waiting", "run_id": task.run_id})
+            _mark_waiting_when_idle(conn, run, task)  # every member left may be parked on a wait
         conn.execute(q("notify_run"), {"run_id": task.run_id})
         return None
 

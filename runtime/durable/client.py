@@ -23,7 +23,7 @@ from . import groupcommit, metrics, store
 from .db import connect, make_pool, q, resolve_url
 from .dsl import REGISTRY
 from .errors import RunNotFound, RunTimeout
-from .jsonutil import dumps
+from .jsonutil import dumps, rows_with_json_last
 from .migrate import migrate
 from .models import FINISHED, Run, RunStatus
 from .settings import DatabaseSettings, Settings
@@ -152,14 +152,10 @@ class _RunWatcher:
 
 
 def _starts_json(starts: builtins.list[dict[str, Any]]) -> str:
-    """The batch as ``durable_start_batch_v1`` takes it; each input is spliced in as it is (already
-    checked JSON), not encoded a second time."""
-    rows = []
-    for p in starts:
-        head = json.dumps([p["id"], p["workflow"], p["hash"], p["queue"], p["priority"], p["first_step"],
-                           p["idempotency_key"], _iso(p["scheduled_at"]), _iso(p["deadline"])], separators=(",", ":"))
-        rows.append(f"{head[:-1]},{p['input']}]")
-    return f"[{','.join(rows)}]"
+    """The batch as ``durable_start_batch_v1`` takes it, each input last."""
+    return rows_with_json_last(([p["id"], p["workflow"], p["hash"], p["queue"], p["priority"], p["first_step"],
+                                 p["idempotency_key"], _iso(p["scheduled_at"]), _iso(p["deadline"])], p["input"])
+                               for p in starts)
 
 
 def _iso(when: datetime | None) -> str | None:

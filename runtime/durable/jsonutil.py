@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .errors import ContextTooLarge, InvalidInput
@@ -70,3 +70,17 @@ def _has_non_str_key(value: Any) -> bool:
     if isinstance(value, list | tuple):
         return any(_has_non_str_key(v) for v in value)
     return False
+
+
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def rows_with_json_last(rows: Iterable[tuple[list[Any], str | None]]) -> str:
+    """A JSON array of arrays: each row's plain values, then its JSON text spliced in as it is (an
+    input or a context ``dumps`` has already checked), not encoded a second time. Batches handed to
+    one SQL function call are built this way (migration 0007)."""
+    out = []
+    for values, raw in rows:
+        head = _compact(values)
+        out.append(f"{head[:-1]},{raw or 'null'}]")
+    return f"[{','.join(out)}]"
