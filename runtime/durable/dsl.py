@@ -40,10 +40,11 @@ class StepDef:
     timeout_ms: int | None = None
     compensate: str | None = None
     queue: str | None = None
+    # Asked on every attempt; inspecting the function each time cost more than the trivial step.
+    is_async: bool = field(init=False)
 
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.fn)
+    def __post_init__(self) -> None:
+        self.is_async = inspect.iscoroutinefunction(self.fn)
 
 
 @dataclass

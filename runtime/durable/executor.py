@@ -200,8 +200,7 @@ class Executor:
             log.info("run succeeded", extra={"action": "run_succeeded", "run_id": task.run_id})
         if token is None:
             return None
-        return replace(task, kind="step", step=str(nxt), queue=queue, attempt=1, token=token, status="running",
-                       context=new_ctx, fresh=True)
+        return task.advanced(str(nxt), queue, token, new_ctx)
 
     def _member_done(self, task: Task, graph: Graph, step: StepDef, status: str, output_json: str | None,
                      err: dict[str, Any] | None, started_at: datetime) -> Task | None:

@@ -36,3 +36,12 @@ class Task:
                    priority=priority, attempt=attempt, token=str(token), workflow=workflow,
                    run_queue=run_queue or queue, status="running" if started else status, context=context,
                    schedule_name=schedule_name, deadline=deadline, fresh=not has_journal, started=bool(started))
+
+    def advanced(self, step: str, queue: str, token: str, context: Any) -> Task:
+        """This task moved on to the first attempt of ``step``, still leased to us with ``token``
+        (the checkpoint's fast path). A new object, since the renewal thread may still read this
+        one; built directly, as ``dataclasses.replace`` costs more than the step it follows."""
+        return Task(id=self.id, run_id=self.run_id, kind="step", step=step, queue=queue, priority=self.priority,
+                    attempt=1, token=token, workflow=self.workflow, run_queue=self.run_queue, status="running",
+                    context=context, schedule_name=self.schedule_name, deadline=self.deadline, fresh=True,
+                    started=self.started)
