@@ -187,7 +187,7 @@ def wait_ready(url: str, schema: str, workers: Workers, timeout: float = 60) -> 
     query = sql.SQL("SELECT count(DISTINCT name) FROM {}.workflows WHERE name = ANY(%s)").format(
         sql.Identifier(schema))
     listening = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                 " AND query ILIKE 'LISTEN durable_tasks%%'")
+                 " AND query IN ('LISTEN durable_tasks', 'LISTEN durable_push')")
     deadline = time.monotonic() + timeout
     with psycopg.connect(url, autocommit=True) as conn:
         while True:

@@ -86,6 +86,7 @@ class _Advance:
     ctx_json: str | None
     started_at: datetime
     new_token: str | None
+    offer: int | None  # the worker slot to offer in the same commit (the chain ends here)
 
 
 def _batch_json(items: list[_Advance]) -> str:
@@ -109,12 +110,18 @@ class GroupCommit(groupcommit.GroupCommit[_Advance, "str | None"]):
         self.lease_ttl = lease_ttl
 
     def advance(self, task: Task, *, step: str | None, next_node: str | None, next_queue: str,
-                ctx_json: str | None, started_at: datetime, keep: bool) -> str | None:
-        """As ``advance``; raises LeaseLost for this run alone, whatever happened to the others."""
+                ctx_json: str | None, started_at: datetime, keep: bool, offer: int | None = None) -> str | None:
+        """As ``advance``; raises LeaseLost for this run alone, whatever happened to the others.
+        ``offer``: a worker slot offered to new runs in the same commit (migration 0012)."""
         return self.submit(_Advance(task, step, next_node, next_queue, ctx_json, started_at,
-                                    str(uuid.uuid4()) if keep and next_node is not None else None))
+                                    str(uuid.uuid4()) if keep and next_node is not None else None, offer))
 
     def commit_one(self, a: _Advance) -> str | None:
+        if a.offer is not None:
+            out = self.commit_many([a])[0]
+            if isinstance(out, LeaseLost):
+                raise out
+            return out  # type: ignore[no-any-return]
         with self.pool.connection() as conn:
             return advance(conn, a.task, step=a.step, next_node=a.next_node, next_queue=a.next_queue,
                            ctx_json=a.ctx_json, started_at=a.started_at, worker=self.worker,
@@ -122,8 +129,9 @@ class GroupCommit(groupcommit.GroupCommit[_Advance, "str | None"]):
 
     def commit_many(self, items: list[_Advance]) -> list[Any]:
         with self.pool.connection() as conn:
-            row = conn.execute(q("checkpoint_batch_v3"), {"batch": _batch_json(items), "worker": self.worker,
-                                                          "ttl": self.lease_ttl}).fetchone()
+            row = conn.execute(q("checkpoint_batch_v4"), {
+                "batch": _batch_json(items), "worker": self.worker, "ttl": self.lease_ttl,
+                "offer": [a.offer for a in items if a.offer is not None]}).fetchone()
         oks = row[0]  # type: ignore[index]
         return [a.new_token if ok else LeaseLost(a.task.id) for a, ok in zip(items, oks, strict=True)]
 

@@ -152,7 +152,7 @@ class _RunWatcher:
 
 
 def _starts_json(starts: builtins.list[dict[str, Any]]) -> str:
-    """The batch as ``durable_start_batch_v1`` takes it, each input last."""
+    """The batch as ``durable_start_batch_v2`` takes it, each input last."""
     return rows_with_json_last(([p["id"], p["workflow"], p["hash"], p["queue"], p["priority"], p["first_step"],
                                  p["idempotency_key"], _iso(p["scheduled_at"]), _iso(p["deadline"])], p["input"])
                                for p in starts)
@@ -164,22 +164,22 @@ def _iso(when: datetime | None) -> str | None:
 
 class _StartBatch(groupcommit.GroupCommit[dict[str, Any], tuple[str, bool]]):
     """``Client.start``'s group commit (see ``groupcommit``): starts made by this client's threads while
-    another start is committing go in one call (``durable_start_batch_v1``, migration 0007) and one
-    commit. Each start is checked before it is queued; one that still fails in a batch is retried
-    alone, so it fails only itself."""
+    another start is committing go in one call (``durable_start_batch_v2``, migrations 0007 and 0012)
+    and one commit. Each start is checked before it is queued; one that still fails in a batch is
+    retried alone, so it fails only itself. A lone start takes the same call, so it too is pushed
+    to an offered worker slot."""
 
     def __init__(self, pool: ConnectionPool) -> None:
         super().__init__()
         self.pool = pool
 
     def commit_one(self, start: dict[str, Any]) -> tuple[str, bool]:
-        with self.pool.connection() as conn:
-            row = conn.execute(q("start_v1"), start).fetchone()
-        return str(row[0]), bool(row[1])  # type: ignore[index]
+        result: tuple[str, bool] = self.commit_many([start])[0]
+        return result
 
     def commit_many(self, starts: builtins.list[dict[str, Any]]) -> builtins.list[Any]:
         with self.pool.connection() as conn:
-            rows = conn.execute(q("start_batch_v1"), {"starts": _starts_json(starts)}).fetchall()
+            rows = conn.execute(q("start_batch_v2"), {"starts": _starts_json(starts)}).fetchall()
         return [(str(row[0]), bool(row[1])) for row in rows]
 
     def order(self, start: dict[str, Any]) -> Any:

@@ -60,6 +60,8 @@ class Executor:
         self.max_bytes = settings.limits.max_context_bytes
         self._timeout_pool = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="durable-timed-step")
         self.group = cp.GroupCommit(pool, owner, self.ttl)
+        # Set by the worker: the slot to offer in the last checkpoint of a task's chain (or None).
+        self.offer_at_end: Callable[[Task], int | None] | None = None
 
     # -- dispatch ---------------------------------------------------------------------------------
 
@@ -192,9 +194,10 @@ class Executor:
         nxt = graph.after(at)
         queue = self._queue_of(graph, nxt, task) if nxt else task.queue
         keep = nxt is not None and queue == task.queue
+        offer = None if keep or self.offer_at_end is None else self.offer_at_end(task)
         token = self._retrying(lambda: self.group.advance(
             task, step=recorded, next_node=nxt, next_queue=queue, ctx_json=ctx_json, started_at=started_at,
-            keep=keep))
+            keep=keep, offer=offer))
         if nxt is None:
             metrics.child(metrics.RUNS_FINISHED, graph.wf.name, "succeeded").inc()
             log.info("run succeeded", extra={"action": "run_succeeded", "run_id": task.run_id})

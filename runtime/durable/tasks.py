@@ -37,6 +37,16 @@ class Task:
                    run_queue=run_queue or queue, status="running" if started else status, context=context,
                    schedule_name=schedule_name, deadline=deadline, fresh=not has_journal, started=bool(started))
 
+    @classmethod
+    def from_push(cls, item: list[Any]) -> tuple[int, Task, bool]:
+        """A ``durable_push`` notification's array (migration 0012) as (slot, task, whether it carried
+        the run's input): the first step of a new run, leased to us by its start."""
+        slot, id_, token, run_id, workflow, step, queue, priority, deadline, input_, inline = item
+        task = cls(id=id_, run_id=run_id, kind="step", step=step, queue=queue, priority=priority, attempt=1,
+                   token=token, workflow=workflow, run_queue=queue, status="running", context=input_,
+                   deadline=datetime.fromisoformat(deadline) if deadline else None, fresh=True)
+        return slot, task, bool(inline)
+
     def advanced(self, step: str, queue: str, token: str, context: Any) -> Task:
         """This task moved on to the first attempt of ``step``, still leased to us with ``token``
         (the checkpoint's fast path). A new object, since the renewal thread may still read this

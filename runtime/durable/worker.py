@@ -3,11 +3,15 @@
 Started by ``durable worker`` / ``durable dev``. Wakes on ``NOTIFY durable_tasks`` and also polls
 with a bounded back-off, so a lost notification costs latency, never a run. Leases are renewed
 while steps run; a worker that dies simply lets them expire.
+
+Slots it has no work for are offered to new runs (push dispatch, migration 0012, ``slots``): a
+start leases its run to an offered slot and the task arrives on ``durable_push``, ready to run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
@@ -27,10 +31,16 @@ from .executor import Executor
 from .jsonutil import dumps
 from .migrate import migrate
 from .settings import Settings
+from .slots import SlotBook
 from .store import register_queues, register_workflow
 from .tasks import Task
 
 log = logging.getLogger("durable.worker")
+
+# A worker's offers are taken only while its heartbeat is this fresh: a worker killed without
+# warning is pushed new runs for at most this long (they wait for their lease to expire).
+OFFER_ALIVE_SECONDS = 5.0
+HEARTBEAT_SECONDS = 1.0
 
 
 def parse_queues(specs: list[str] | None) -> dict[str, int]:
@@ -74,25 +84,30 @@ class Worker:
         self.settings = settings or Settings()
         self.queues = queues
         self.url = resolve_url(self.settings.db)
-        self.owner = f"{self.settings.worker.name}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # No spaces: a push notification is '<owner> <task>'.
+        self.owner = f"{self.settings.worker.name.replace(' ', '_')}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.workflows = workflows if workflows is not None else REGISTRY.all()
         slots = sum(queues.values())
         size = self.settings.db.pool_size or slots + 3
         self.pool = make_pool(self.url, self.settings.db, size=size, name="durable-worker")
         self.slots = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="durable-slot")
-        self.free = dict(queues)
+        self.book = SlotBook(queues)
         self.inflight: dict[int, Task] = {}
+        self._slot_of: dict[int, tuple[int, int]] = {}  # task id -> (slot, first task of the slot's chain)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         # Queues that may hold ready tasks we left for lack of a free slot (see _lease_round).
         self._starved: set[str] = set()
+        self._push_lock = threading.Lock()  # a push is taken whole, or not at all once stopping
         self._round = threading.Lock()  # one lease round at a time, on the dispatcher or the listen thread
         self._sleep_until = 0.0  # when the dispatcher's next round is due
         self._stop = threading.Event()
         self.loop = asyncio.new_event_loop()
         self._threads: list[threading.Thread] = []
+        self.listen_pid = 0  # the LISTEN connection's server process, for operators and tests
         self.announcer = RunAnnouncer(self.pool)
         self.executor = Executor(self.pool, self.settings, self.owner, self.loop)
+        self.executor.offer_at_end = self._offer_at_end
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -101,6 +116,7 @@ class Worker:
             migrate(conn, self.settings.db.schema)
             register_queues(conn, list(self.queues))
             register_all(conn, self.workflows)
+            self._register_slots(conn)
             for wf in self.workflows:
                 for queue in [wf.queue, *(s.queue for s in wf.graph.steps.values() if s.queue)]:
                     if queue not in self.queues:
@@ -113,6 +129,7 @@ class Worker:
         self.prepare()
         for target, name in ((self.loop.run_forever, "durable-loop"), (self._listen, "durable-listen"),
                              (self._renew, "durable-renew"), (self._dispatch, "durable-dispatch"),
+                             (self._heartbeat, "durable-heartbeat"),
                              (self.announcer.run, "durable-announce")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -135,6 +152,7 @@ class Worker:
             if t.name == "durable-dispatch":
                 t.join(grace)  # no new task may be handed to the slots once they shut down
         with self._round:  # a round the listen thread is running finishes handing its tasks to the slots
+            self._unregister_slots()
             self.slots.shutdown(wait=True, cancel_futures=True)
         self.announcer.close()
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -183,21 +201,28 @@ class Worker:
     def _lease_round(self) -> float:
         """Lease what the free slots can take; returns how long to sleep before the next round.
 
-        A queue we could not drain (no free slot, or every free slot filled and more tasks ready) is
-        marked starved, so the slot that frees up next wakes us; a drained queue tells us (in the
-        same round trip) when its next task is due, and new tasks announce themselves with a
-        notification. So a freed slot costs no query while nothing waits for it (migration 0008)."""
+        Offered slots are taken back first, so the round may use them; a queue drained with slots
+        left over offers them again. A queue we could not drain (no free slot, or every free slot
+        filled and more tasks ready) is marked starved, so the slot that frees up next wakes us; a
+        drained queue tells us (in the same round trip) when its next task is due, and new tasks
+        announce themselves with a notification. So a freed slot costs no round while nothing
+        waits for it (migration 0008)."""
         poll = self.settings.worker.poll_max_ms / 1000
         wait = poll
-        with self._lock:
-            wanted = {q_: n for q_, n in self.free.items() if n > 0}
-            self._starved.update(q_ for q_, n in self.free.items() if n <= 0)
-        if not wanted:
-            return poll
         with self.pool.connection() as conn:
-            for queue, n in wanted.items():
-                rows = conn.execute(q("lease_v3"), {"queue": queue, "limit": n, "owner": self.owner,
-                                                    "ttl": self.settings.worker.lease_seconds}).fetchall()
+            for queue in self.queues:
+                self._withdraw(conn, queue)
+                slots = self.book.reserve(queue)
+                if not slots:
+                    with self._lock:
+                        self._starved.add(queue)
+                    continue
+                try:
+                    rows = conn.execute(q("lease_v3"), {"queue": queue, "limit": len(slots), "owner": self.owner,
+                                                        "ttl": self.settings.worker.lease_seconds}).fetchall()
+                except BaseException:
+                    self.book.unreserve(slots)
+                    raise
                 drained = False
                 tasks = []
                 for row in rows:
@@ -209,28 +234,131 @@ class Worker:
                         continue
                     tasks.append(Task.from_lease_row(tuple(row)))
                 self.announcer.add([str(t.run_id) for t in tasks if t.started])
-                for task in tasks:
-                    with self._lock:
-                        self.free[queue] -= 1
-                        self.inflight[task.id] = task
-                    metrics.child(metrics.TASKS_IN_FLIGHT, queue).inc()
-                    self.slots.submit(self._slot, task)
+                for slot, task in zip(slots, tasks, strict=False):
+                    self.book.occupy(slot, task.id)
+                    self._submit(slot, task)
+                left = slots[len(tasks):]
                 with self._lock:
                     if drained:
                         self._starved.discard(queue)
                     else:
                         self._starved.add(queue)
-                        if self.free[queue] > 0:
-                            wait = 0.0  # a slot freed while we leased: it saw no reason to wake us
+                if drained and left and not self._stop.is_set():
+                    self._offer(conn, left)
+                else:
+                    self.book.unreserve(left)
         return wait
 
-    def _slot(self, task: Task) -> None:
+    def _submit(self, slot: int, task: Task, load_context: bool = False) -> None:
+        with self._lock:
+            self.inflight[task.id] = task
+        metrics.child(metrics.TASKS_IN_FLIGHT, task.queue).inc()
+        self.slots.submit(self._slot, slot, task, load_context)
+
+    # -- push dispatch (migration 0012, ``slots``) -------------------------------------------------
+
+    def _register_slots(self, conn: psycopg.Connection[Any]) -> None:
+        slots = sorted(self.book.queue_of)
+        conn.execute(q("register_slots"), {"owner": self.owner, "slots": slots,
+                                           "queues": [self.book.queue_of[s] for s in slots],
+                                           "lease_seconds": self.settings.worker.lease_seconds,
+                                           "alive": OFFER_ALIVE_SECONDS})
+
+    def _offer(self, conn: psycopg.Connection[Any], slots: list[int]) -> None:
+        """Offer reserved or finishing slots to new runs; on failure they stay with the rounds."""
+        slots = self.book.begin_offer(slots)
+        if not slots:
+            return
+        try:
+            conn.execute(q("offer_slots"), {"owner": self.owner, "slots": slots, "free": True})
+        except psycopg.OperationalError:
+            # Maybe committed: the slots stay 'offered' in the database's view until taken back,
+            # and taking them back tells whether they were.
+            self.book.end_offer(slots, committed=True)
+            self._wake.set()
+            raise
+        self.book.end_offer(slots, committed=True)
+
+    def _withdraw(self, conn: psycopg.Connection[Any], queue: str | None) -> None:
+        slots = self.book.begin_withdraw(queue)
+        if not slots:
+            return
+        try:
+            rows = conn.execute(q("offer_slots"), {"owner": self.owner, "slots": slots, "free": False}).fetchall()
+        except BaseException:
+            self.book.abort_withdraw(slots)
+            raise
+        self.book.end_withdraw((int(r[0]), bool(r[1]), r[2]) for r in rows)
+
+    def _on_push(self, body: str) -> None:
+        """A new run leased to one of our slots by its start: run it."""
+        slot, task, inline = Task.from_push(json.loads(body))
+        with self._push_lock:
+            if self._stop.is_set() or not self.book.push(slot, task.id):
+                # Stopping: the task goes back to its queue when we unregister. Otherwise the slot
+                # cannot take it (it never happens): the lease expires and a poll takes the task.
+                log.warning("pushed task not taken", extra={"action": "push_refused", "run_id": task.run_id,
+                                                            "slot": slot, "state": self.book.state(slot)})
+                return
+            self._submit(slot, task, load_context=not inline)
+
+    def _adopt_pushes(self) -> None:
+        """After (re)connecting the LISTEN connection: pushes sent while nobody listened are found
+        in the database. Offers are taken back first, so no push can be under way meanwhile."""
+        with self._round, self.pool.connection() as conn:
+            self._withdraw(conn, None)
+            awaited = self.book.awaited()
+            if not awaited:
+                return
+            rows = conn.execute(q("pushed_tasks"), {"owner": self.owner, "slots": list(awaited)}).fetchall()
+            for row in rows:
+                slot, task = int(row[0]), Task.from_lease_row(tuple(row[1:]))
+                if awaited.get(slot) != task.id:
+                    continue
+                with self._push_lock:
+                    if self._stop.is_set() or not self.book.push(slot, task.id):
+                        continue
+                    log.info("pushed task adopted", extra={"action": "push_adopted", "run_id": task.run_id})
+                    self._submit(slot, task)
+            self.book.give_up(awaited)  # the rest: their task is gone, or leased elsewhere
+
+    def _unregister_slots(self) -> None:
+        with self._push_lock:
+            try:
+                with self.pool.connection() as conn:
+                    conn.execute(q("unregister_slots"), {"owner": self.owner, "received": self.book.received()})
+            except psycopg.OperationalError as exc:
+                log.warning("could not withdraw offers; they lapse with the heartbeat",
+                            extra={"action": "unregister", "error": str(exc)})
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                with self.pool.connection() as conn:
+                    alive = conn.execute(q("heartbeat"), {"owner": self.owner,
+                                                          "alive": OFFER_ALIVE_SECONDS}).fetchone()
+                    if alive is not None and not alive[0]:
+                        # Our registration was dropped (a long outage): offers and pushes went with it.
+                        with self._round:
+                            self._register_slots(conn)
+                            self.book.forget_offers()
+                        self._wake.set()
+            except psycopg.OperationalError as exc:
+                log.warning("heartbeat failed", extra={"action": "heartbeat", "error": str(exc)})
+
+    def _slot(self, slot: int, task: Task, load_context: bool = False) -> None:
         queue = task.queue
+        chain = task.id
         current: Task | None = task
         try:
+            if load_context:
+                with self.pool.connection() as conn:
+                    row = conn.execute(q("run_context"), {"run_id": task.run_id}).fetchone()
+                task.context = row[0] if row else None
             while current is not None and not self._stop.is_set():
                 with self._lock:
                     self.inflight[current.id] = current
+                    self._slot_of[current.id] = (slot, chain)
                 try:
                     # Only a task's preparation (loading its journal or context) can fail here on a
                     # lost database; the step itself never re-runs: checkpoints retry themselves.
@@ -241,15 +369,41 @@ class Worker:
                     log.exception("task crashed", extra={"run_id": current.run_id, "step": current.step})
                     nxt = None
                 with self._lock:
-                    self.inflight.pop(current.id, None)
+                    if nxt is None or nxt.id != current.id:
+                        self.inflight.pop(current.id, None)
+                        self._slot_of.pop(current.id, None)
                 current = nxt
         finally:
-            with self._lock:
-                self.free[queue] += 1
-                starved = queue in self._starved
             metrics.child(metrics.TASKS_IN_FLIGHT, queue).dec()
+            self._slot_free(slot, chain)
+
+    def _offer_at_end(self, task: Task) -> int | None:
+        """The executor is about to commit the last checkpoint of ``task``'s chain: the slot to offer
+        in that same transaction, so it is offered before the run is seen finished (a client that
+        starts its next run on seeing it finish then finds the slot). None when tasks wait for it."""
+        with self._lock:
+            entry = self._slot_of.get(task.id)
+            if entry is None or self.book.queue_of[entry[0]] in self._starved or self._stop.is_set():
+                return None
+        return entry[0] if self.book.offer_at_end(*entry) else None
+
+    def _slot_free(self, slot: int, chain: int) -> None:
+        """Offer the slot, unless tasks wait for it (the rounds get it) or it was offered already."""
+        if self.book.finish(slot, chain) != "free":
+            return
+        queue = self.book.queue_of[slot]
+        with self._lock:
+            starved = queue in self._starved
+        if starved or self._stop.is_set():
+            self.book.unreserve([slot])
             if starved:
                 self._wake.set()
+            return
+        try:
+            with self.pool.connection() as conn:
+                self._offer(conn, [slot])
+        except psycopg.OperationalError as exc:
+            log.warning("could not offer a free slot", extra={"action": "offer", "error": str(exc)})
 
     # -- background duties ------------------------------------------------------------------------
 
@@ -259,11 +413,18 @@ class Worker:
             try:
                 with connect(self.url, self.settings.db) as conn:
                     conn.execute("LISTEN durable_tasks")
+                    conn.execute("LISTEN durable_push")
+                    self.listen_pid = conn.info.backend_pid
                     delay = 0.1
+                    self._adopt_pushes()
                     self._wake.set()  # anything sent while we were not listening is picked up by a poll
                     while not self._stop.is_set():
                         for n in conn.notifies(timeout=1.0):
-                            if n.payload in self.queues:
+                            if n.channel == "durable_push":
+                                owner, _, body = n.payload.partition(" ")
+                                if owner == self.owner:
+                                    self._on_push(body)
+                            elif n.payload in self.queues:
                                 self._announced()
             except psycopg.OperationalError:
                 time.sleep(delay)

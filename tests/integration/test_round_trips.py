@@ -254,9 +254,19 @@ def test_a_lease_round_does_not_walk_a_queue_of_sleeping_tasks(database_url: str
             conn.execute("DELETE FROM tasks WHERE queue = 'rt_sleepy'")
 
 
+def _no_offers(worker: Worker, monkeypatch: Any) -> None:
+    """Starts find no offered slot (migration 0012), as with workers of earlier releases or every slot
+    busy: each new run waits in its queue and announces itself, and a lease round takes it."""
+    monkeypatch.setattr(worker, "_offer", lambda conn, slots: worker.book.unreserve(slots))
+    monkeypatch.setattr(worker.executor, "offer_at_end", lambda task: None)
+    with worker._round, worker.pool.connection() as conn:
+        worker._withdraw(conn, None)
+
+
 def test_an_announced_task_is_leased_on_the_listen_thread(client: Client, worker: Worker, monkeypatch: Any) -> None:
     """A new run's notification leads straight to a lease round on the thread that received it, without
     waking the dispatcher thread first (one thread hand-off fewer per run)."""
+    _no_offers(worker, monkeypatch)
     threads: list[str] = []
     original = worker._lease_round
 
@@ -295,9 +305,10 @@ def test_a_round_that_fills_every_free_slot_says_whether_more_are_ready(database
             conn.execute("DELETE FROM tasks WHERE queue = 'rt_full'")
 
 
-def test_a_run_set_running_by_a_lease_is_announced_while_its_first_step_runs(database_url: str, schema: str,
-                                                                               client: Client) -> None:
+def test_a_run_set_running_by_a_lease_is_announced_while_its_first_step_runs(
+        database_url: str, schema: str, client: Client, worker: Worker, monkeypatch: Any) -> None:
     """The lease round does not notify (migration 0010); the worker announces the run apart."""
+    _no_offers(worker, monkeypatch)
     with psycopg.connect(database_url, autocommit=True) as listener:
         listener.execute("LISTEN durable_runs")
         run_id = client.start("t_rt_held", {"n": 1})

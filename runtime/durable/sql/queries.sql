@@ -30,6 +30,28 @@ SELECT run_id, created FROM durable_start_v1(%(id)s, %(workflow)s, %(hash)s, %(q
 -- name: start_batch_v1
 SELECT run_id, created FROM durable_start_batch_v1(%(starts)s::jsonb);
 
+-- name: start_batch_v2
+-- Pushes each run due now to an offered worker slot when there is one (migration 0012).
+SELECT run_id, created FROM durable_start_batch_v2(%(starts)s::jsonb);
+
+-- name: register_slots
+SELECT durable_register_slots_v1(%(owner)s, %(slots)s::integer[], %(queues)s::text[], %(lease_seconds)s, %(alive)s);
+
+-- name: offer_slots
+SELECT slot, was_free, task_id FROM durable_offer_slots_v1(%(owner)s, %(slots)s::integer[], %(free)s);
+
+-- name: heartbeat
+SELECT durable_heartbeat_v1(%(owner)s, %(alive)s);
+
+-- name: unregister_slots
+SELECT durable_unregister_slots_v1(%(owner)s, %(received)s::bigint[]);
+
+-- name: checkpoint_batch_v4
+SELECT durable_checkpoint_batch_v4(%(batch)s::jsonb, %(worker)s, %(ttl)s, %(offer)s::integer[]);
+
+-- name: pushed_tasks
+SELECT * FROM durable_pushed_tasks_v1(%(owner)s, %(slots)s::integer[]);
+
 -- name: insert_task
 INSERT INTO tasks (run_id, kind, step, queue, priority, due_at, attempt)
 VALUES (%(run_id)s, %(kind)s, %(step)s, %(queue)s, %(priority)s, coalesce(%(due_at)s, now()), 1)
