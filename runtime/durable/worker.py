@@ -352,9 +352,15 @@ class Worker:
         current: Task | None = task
         try:
             if load_context:
-                with self.pool.connection() as conn:
-                    row = conn.execute(q("run_context"), {"run_id": task.run_id}).fetchone()
-                task.context = row[0] if row else None
+                try:
+                    with self.pool.connection() as conn:
+                        row = conn.execute(q("run_context"), {"run_id": task.run_id}).fetchone()
+                    task.context = row[0] if row else None
+                except psycopg.OperationalError as exc:
+                    # The lease expires and a poll (ours or a peer's) takes the task again.
+                    log.warning("could not read a pushed run's input", extra={"run_id": task.run_id,
+                                                                               "error": str(exc)})
+                    current = None
             while current is not None and not self._stop.is_set():
                 with self._lock:
                     self.inflight[current.id] = current
