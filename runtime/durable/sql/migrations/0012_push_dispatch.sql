@@ -110,8 +110,8 @@ BEGIN
 END;
 $$;
 
--- The tasks pushed to p_owner's slots p_slots, leased to it still, as durable_lease_v3 returns
--- them: for a worker whose notifications were lost.
+-- The tasks pushed to p_owner's slots p_slots and leased to it still (an expired lease is any
+-- worker's to take), as durable_lease_v3 returns them: for a worker whose notifications were lost.
 CREATE FUNCTION durable_pushed_tasks_v1(p_owner text, p_slots integer[])
 RETURNS TABLE (slot integer, id bigint, run_id uuid, kind text, step text, schedule_name text, queue text,
                priority integer, attempt integer, lease_token uuid, workflow text, run_queue text, status text,
@@ -121,7 +121,7 @@ LANGUAGE sql STABLE AS $$
            e.workflow, e.queue, e.status, e.context, e.deadline,
            EXISTS (SELECT 1 FROM waits w WHERE w.run_id = t.run_id AND w.step = t.step), false
     FROM dispatch_slots d
-    JOIN tasks t ON t.id = d.task_id AND t.lease_owner = d.owner AND t.lease_token IS NOT NULL
+    JOIN tasks t ON t.id = d.task_id AND t.lease_owner = d.owner AND t.lease_expires_at > now()
     JOIN executions e ON e.id = t.run_id
     WHERE d.owner = p_owner AND d.slot = ANY(p_slots);
 $$;
