@@ -265,7 +265,8 @@ class Worker:
                                            "alive": OFFER_ALIVE_SECONDS})
 
     def _offer(self, conn: psycopg.Connection[Any], slots: list[int]) -> None:
-        """Offer reserved or finishing slots to new runs; on failure they stay with the rounds."""
+        """Offer reserved slots to new runs. On failure they count as offered until a round takes
+        them back, which tells whether the offer committed."""
         slots = self.book.begin_offer(slots)
         if not slots:
             return
