@@ -53,8 +53,9 @@ $$;
 -- Offer slots (p_free = true) or take offers back (false). Returns, for each slot of p_slots,
 -- whether it was offered before this call and the last task pushed to it: a slot taken back
 -- that was no longer offered got a task, which the worker must run (its notification may be on
--- its way, or lost). Only hints are written (a lost offer just means a start takes the queue),
--- so nothing waits for a WAL flush.
+-- its way, or lost). Only hints are written, so nothing waits for a WAL flush: an offer lost in a
+-- server crash sends new runs through the queue; a lost withdrawal may push a run to a slot that
+-- is busy, which the worker refuses, and the run waits for its lease to expire.
 CREATE FUNCTION durable_offer_slots_v1(p_owner text, p_slots integer[], p_free boolean)
 RETURNS TABLE (slot integer, was_free boolean, task_id bigint) LANGUAGE plpgsql AS $$
 #variable_conflict use_column
