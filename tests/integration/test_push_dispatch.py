@@ -36,7 +36,8 @@ SLOTS = 3
 
 @pytest.fixture(scope="module")
 def push_worker(database_url: str, schema: str) -> Iterator[Worker]:
-    w = Worker({"push_q": SLOTS}, settings_for(database_url, schema), workflows=[pushed])
+    # Polls far apart: a poll's round takes the offers back for a moment, which these tests would see.
+    w = Worker({"push_q": SLOTS}, settings_for(database_url, schema, poll_max_ms=60_000), workflows=[pushed])
     w.start()
     yield w
     w.stop()
