@@ -66,12 +66,10 @@ BEGIN
         SELECT d.slot, d.free, d.task_id FROM dispatch_slots d
         WHERE d.owner = p_owner AND d.slot = ANY(p_slots)
         FOR UPDATE
-    ), upd AS (
-        UPDATE dispatch_slots d SET free = p_free, free_since = CASE WHEN p_free THEN now() ELSE d.free_since END
-        FROM old WHERE d.owner = p_owner AND d.slot = old.slot
-        RETURNING d.slot
     )
-    SELECT old.slot, old.free, old.task_id FROM old JOIN upd ON upd.slot = old.slot;
+    UPDATE dispatch_slots d SET free = p_free, free_since = CASE WHEN p_free THEN now() ELSE d.free_since END
+    FROM old WHERE d.owner = p_owner AND d.slot = old.slot
+    RETURNING old.slot, old.free, old.task_id;
 END;
 $$;
 
