@@ -105,12 +105,13 @@ class SlotBook:
                 return "free"
             return self._state[slot]
 
-    def end_offer(self, slots: Iterable[int], committed: bool) -> None:
-        """The offer committed (or surely did not). A slot pushed to meanwhile is busy already."""
+    def end_offer(self, slots: Iterable[int]) -> None:
+        """The offer committed, or may have (a failed call): either way the slots count as offered
+        until taken back, which tells. A slot pushed to meanwhile is busy already."""
         with self._lock:
             for s in slots:
                 if self._state[s] == OFFERING:
-                    self._state[s] = OFFERED if committed else IDLE
+                    self._state[s] = OFFERED
 
     def begin_withdraw(self, queue: str | None) -> list[int]:
         """The offered slots of ``queue`` (of all queues with None), about to be taken back."""

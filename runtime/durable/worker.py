@@ -92,8 +92,8 @@ class Worker:
         self.pool = make_pool(self.url, self.settings.db, size=size, name="durable-worker")
         self.slots = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="durable-slot")
         self.book = SlotBook(queues)
-        self.inflight: dict[int, Task] = {}
-        self._slot_of: dict[int, tuple[int, int]] = {}  # task id -> (slot, first task of the slot's chain)
+        # task id -> (the task, its slot, the first task of the chain the slot runs)
+        self.inflight: dict[int, tuple[Task, int, int]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         # Queues that may hold ready tasks we left for lack of a free slot (see _lease_round).
@@ -251,7 +251,7 @@ class Worker:
 
     def _submit(self, slot: int, task: Task, load_context: bool = False) -> None:
         with self._lock:
-            self.inflight[task.id] = task
+            self.inflight[task.id] = (task, slot, task.id)
         metrics.child(metrics.TASKS_IN_FLIGHT, task.queue).inc()
         self.slots.submit(self._slot, slot, task, load_context)
 
@@ -273,12 +273,10 @@ class Worker:
         try:
             conn.execute(q("offer_slots"), {"owner": self.owner, "slots": slots, "free": True})
         except psycopg.OperationalError:
-            # Maybe committed: the slots stay 'offered' in the database's view until taken back,
-            # and taking them back tells whether they were.
-            self.book.end_offer(slots, committed=True)
-            self._wake.set()
+            self._wake.set()  # maybe committed: a round takes the slots back, which tells
             raise
-        self.book.end_offer(slots, committed=True)
+        finally:
+            self.book.end_offer(slots)
 
     def _withdraw(self, conn: psycopg.Connection[Any], queue: str | None) -> None:
         slots = self.book.begin_withdraw(queue)
@@ -364,8 +362,7 @@ class Worker:
                     current = None
             while current is not None and not self._stop.is_set():
                 with self._lock:
-                    self.inflight[current.id] = current
-                    self._slot_of[current.id] = (slot, chain)
+                    self.inflight[current.id] = (current, slot, chain)
                 try:
                     # Only a task's preparation (loading its journal or context) can fail here on a
                     # lost database; the step itself never re-runs: checkpoints retry themselves.
@@ -378,7 +375,6 @@ class Worker:
                 with self._lock:
                     if nxt is None or nxt.id != current.id:
                         self.inflight.pop(current.id, None)
-                        self._slot_of.pop(current.id, None)
                 current = nxt
         finally:
             metrics.child(metrics.TASKS_IN_FLIGHT, queue).dec()
@@ -389,10 +385,11 @@ class Worker:
         in that same transaction, so it is offered before the run is seen finished (a client that
         starts its next run on seeing it finish then finds the slot). None when tasks wait for it."""
         with self._lock:
-            entry = self._slot_of.get(task.id)
-            if entry is None or self.book.queue_of[entry[0]] in self._starved or self._stop.is_set():
+            entry = self.inflight.get(task.id)
+            if entry is None or self.book.queue_of[entry[1]] in self._starved or self._stop.is_set():
                 return None
-        return entry[0] if self.book.offer_at_end(*entry) else None
+        _, slot, chain = entry
+        return slot if self.book.offer_at_end(slot, chain) else None
 
     def _slot_free(self, slot: int, chain: int) -> None:
         """Offer the slot, unless tasks wait for it (the rounds get it) or it was offered already."""
@@ -441,7 +438,7 @@ class Worker:
         interval = max(self.settings.worker.lease_seconds / 3, 0.5)
         while not self._stop.wait(interval):
             with self._lock:
-                tokens = [t.token for t in self.inflight.values()]
+                tokens = [t.token for t, _, _ in self.inflight.values()]
             if not tokens:
                 continue
             try:

@@ -19,7 +19,7 @@ def test_a_round_reserves_idle_slots_and_offers_what_it_did_not_fill() -> None:
     book.occupy(0, task_id=7)
     assert book.begin_offer(slots[1:]) == [1, 2]
     assert book.push(1, 100) is True  # the offer committed and a start used it before end_offer
-    book.end_offer([1, 2], committed=True)
+    book.end_offer([1, 2])
     assert [book.state(s) for s in (0, 1, 2)] == [BUSY, BUSY, OFFERED]
 
 
@@ -35,7 +35,7 @@ def test_no_push_for_a_slot_that_was_never_offered() -> None:
 def test_taking_back_an_offer_tells_a_pushed_slot_from_a_free_one() -> None:
     book = SlotBook({"a": 3})
     book.begin_offer(book.reserve("a"))
-    book.end_offer([0, 1, 2], committed=True)
+    book.end_offer([0, 1, 2])
     assert book.push(2, 40) is True
     assert book.begin_withdraw("a") == [0, 1]
     # Slot 0 was still offered; slot 1 got task 41 whose notification has not arrived yet.
@@ -50,7 +50,7 @@ def test_an_offer_that_never_committed_is_taken_back_as_idle() -> None:
     assert book.push(0, 9) is True  # an earlier push, received and run
     assert book.finish(0, chain=9) == "free"
     book.begin_offer([0])
-    book.end_offer([0], committed=True)  # unsure: the call failed
+    book.end_offer([0])  # unsure: the call failed
     book.begin_withdraw("a")
     book.end_withdraw([(0, False, 9)])  # not offered, and its last push is the one received
     assert book.state(0) == IDLE
@@ -59,7 +59,7 @@ def test_an_offer_that_never_committed_is_taken_back_as_idle() -> None:
 def test_a_push_that_arrives_while_the_slot_is_being_taken_back_wins() -> None:
     book = SlotBook({"a": 1})
     book.begin_offer(book.reserve("a"))
-    book.end_offer([0], committed=True)
+    book.end_offer([0])
     book.begin_withdraw("a")
     assert book.push(0, 3) is True
     book.end_withdraw([(0, False, 3)])
@@ -87,7 +87,7 @@ def test_a_chain_that_offered_its_slot_at_its_last_checkpoint() -> None:
 def test_stale_offers_are_forgotten_when_the_registration_is_lost() -> None:
     book = SlotBook({"a": 2})
     book.begin_offer(book.reserve("a"))
-    book.end_offer([0, 1], committed=True)
+    book.end_offer([0, 1])
     book.begin_withdraw("a")
     book.end_withdraw([(0, False, 5), (1, False, 6)])
     assert book.awaited() == {0: 5, 1: 6}
