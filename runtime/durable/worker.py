@@ -31,7 +31,7 @@ from .executor import Executor
 from .jsonutil import dumps
 from .migrate import migrate
 from .settings import Settings
-from .slots import SlotBook
+from .slots import IDLE, OFFERED, OFFERING, SlotBook
 from .store import register_queues, register_workflow
 from .tasks import Task
 
@@ -243,6 +243,8 @@ class Worker:
                         self._starved.discard(queue)
                     else:
                         self._starved.add(queue)
+                if not drained and self.book.count(queue, IDLE, OFFERING, OFFERED):
+                    wait = 0.0  # a slot freed while we leased, before the queue was marked starved
                 if drained and left and not self._stop.is_set():
                     self._offer(conn, left)
                 else:

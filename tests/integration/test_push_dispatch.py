@@ -198,3 +198,50 @@ def test_a_push_lost_with_the_listen_connection_is_adopted_on_reconnect(
     # The lease lasts 5 s in these tests: finishing well inside it means the worker adopted the task.
     run = push_client.wait(run_id, timeout=3)
     assert run.result == {"n": 102, "size": 0}
+
+
+held = Workflow("t_push_held", queue="race_q")
+_held_in = threading.Event()
+_held_go = threading.Event()
+
+
+@held.step
+def push_held(input: Any) -> Any:
+    if input.get("hold"):
+        _held_in.set()
+        _held_go.wait(20)
+    return input
+
+
+def test_a_slot_freed_during_a_round_that_left_tasks_waiting_sends_the_next_round_at_once(
+        database_url: str, schema: str, monkeypatch: Any) -> None:
+    """The slot saw no starved queue, so it offered itself; the round, which left tasks waiting, must
+    look again at once rather than leave them behind new runs until the next poll."""
+    w = Worker({"race_q": 2}, settings_for(database_url, schema, poll_max_ms=60_000), workflows=[held])
+    w.start()
+    c = Client(database_url, schema=schema)
+    try:
+        wait_until(lambda: _offered(database_url, schema, w.owner) == 2, what="both slots offered")
+        held_run = c.start("t_push_held", {"hold": True})
+        assert _held_in.wait(10)
+        [held_slot] = [s for s in w.book.queue_of if w.book.state(s) == "busy"]
+        with w._round:
+            with w.pool.connection() as conn:
+                w._withdraw(conn, None)  # the other slot is the rounds' now: both starts wait in the queue
+            waiting = [c.start("t_push_held", {"n": n}) for n in range(2)]
+            original = w._submit
+
+            def submit_then_free_the_held_slot(slot: int, task: Any, load_context: bool = False) -> None:
+                original(slot, task, load_context)
+                _held_go.set()
+                wait_until(lambda: w.book.state(held_slot) == "offered", what="the held slot offered again")
+
+            monkeypatch.setattr(w, "_submit", submit_then_free_the_held_slot)
+            assert w._lease_round() == 0.0
+            monkeypatch.undo()
+        for run_id in [held_run, *waiting]:
+            assert c.wait(run_id, timeout=10).status == "succeeded"
+    finally:
+        _held_go.set()
+        c.close()
+        w.stop()
