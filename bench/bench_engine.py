@@ -1,6 +1,6 @@
 """Durable's benchmark, side by side with DBOS Transact on the same PostgreSQL server.
 
-    python -m bench.bench_engine [--workflows 2000] [--concurrency 8] [--sequential 300]
+    python -m bench.bench_engine [--workflows 5000] [--rounds 5] [--concurrency 8] [--sequential 300]
                                  [--workers 1] [--skip-dbos] [--database-url URL]
 
 Our engine runs on real worker processes (``durable worker --app bench.apps``) serving a fresh
@@ -8,12 +8,15 @@ schema; this process is only the client (``Client.start`` then ``Client.wait``).
 
 (a) throughput: ``--workflows`` runs of a three-step workflow of trivial steps, started and
     awaited by ``--concurrency`` client threads (the same shape as the DBOS peer), after a
-    warm-up; with PostgreSQL's committed transactions and write transactions per workflow;
+    warm-up; with PostgreSQL's committed transactions and write transactions per workflow.
+    Measured ``--rounds`` times, each of our rounds followed by one of DBOS, so a drift of the
+    machine's speed during the run falls on both peers alike; the ratio reported is the median
+    of the rounds' ratios, and every round's figures are printed;
 (b) sequential latency: ``--sequential`` runs one at a time, start to ``wait`` returning;
 (c) event wake-up latency: ``send_event`` to the moment the step after the wait runs again;
 (d) timer precision: how late a 200 ms durable ``sleep`` fires after its due time;
 (e) DBOS Transact (``bench/dbos_peer.py``, in a subprocess, its own database on the same
-    server) for (a) and (b), with the ratios.
+    server) for (a) in every round and (b) in the first, with the ratios.
 
 The database is ``--database-url`` or ``DURABLE_DATABASE_URL``, else an embedded PostgreSQL
 (the ``pgserver`` wheel) in a temporary directory. A table is printed, then, as the last line,
@@ -253,7 +256,25 @@ def measure_throughput(client: Client, url: str, workflows: int, concurrency: in
 
 
 def warmup_runs(concurrency: int) -> int:
-    return max(WARMUP_RUNS, concurrency)
+    return max(WARMUP_RUNS, concurrency)  # as bench/dbos_peer.py
+
+
+def combine_rounds(rounds: list[dict[str, float]]) -> dict[str, Any]:
+    """One peer's throughput rounds as one figure: the median, with every round's kept beside it;
+    the per-workflow counts (ours only), averaged."""
+    out: dict[str, Any] = {"throughput_wps": statistics.median(r["throughput_wps"] for r in rounds),
+                           "throughput_wps_rounds": [r["throughput_wps"] for r in rounds]}
+    for key in ("write_xacts_per_workflow", "wal_bytes_per_workflow"):
+        if all(key in r for r in rounds):
+            out[key] = statistics.fmean(r[key] for r in rounds)
+    return out
+
+
+def round_ratios(ours: dict[str, Any], dbos: dict[str, Any] | None) -> list[float]:
+    """Each round's throughput ratio, ours over DBOS's round that ran right after it."""
+    if dbos is None:
+        return []
+    return [a / b for a, b in zip(ours["throughput_wps_rounds"], dbos["throughput_wps_rounds"], strict=True)]
 
 
 def measure_sequential(client: Client, runs: int) -> list[float]:
@@ -338,9 +359,10 @@ def print_report(res: dict[str, Any]) -> None:
           f"{cfg['workers']} worker process(es), queue default={cfg['concurrency']}, "
           f"{cfg['concurrency']} client threads")
     print(f"{'':38}{'Durable':>12}{'DBOS':>12}  ratio")
+    rounds = len(ours["throughput_wps_rounds"])
     rows = [
-        ("(a) throughput, workflows/s", ours["throughput_wps"], d.get("throughput_wps"),
-         ratio(ours["throughput_wps"], d.get("throughput_wps")), "ours/DBOS"),
+        (f"(a) throughput, wf/s, median of {rounds}", ours["throughput_wps"], d.get("throughput_wps"),
+         res["ratios"]["throughput_ours_over_dbos"], "ours/DBOS (median)"),
         ("(b) sequential latency p50, ms", ours["latency_p50_ms"], d.get("latency_p50_ms"),
          ratio(d.get("latency_p50_ms"), ours["latency_p50_ms"]), "DBOS/ours"),
         ("(b) sequential latency p95, ms", ours["latency_p95_ms"], d.get("latency_p95_ms"),
@@ -348,6 +370,10 @@ def print_report(res: dict[str, Any]) -> None:
         ("(b) sequential latency mean, ms", ours["latency_mean_ms"], d.get("latency_mean_ms"),
          ratio(d.get("latency_mean_ms"), ours["latency_mean_ms"]), "DBOS/ours"),
     ]
+    theirs = d.get("throughput_wps_rounds") or [None] * rounds
+    each = res["ratios"]["throughput_rounds_ours_over_dbos"] or [None] * rounds
+    rows[1:1] = [(f"    round {k}", a, b, r, "ours/DBOS")
+                 for k, (a, b, r) in enumerate(zip(ours["throughput_wps_rounds"], theirs, each, strict=True), 1)]
     for label, a, b, r, how in rows:
         shown = "—" if r is None else f"{r:.2f}x {how}"
         print(f"{label:38}{fmt(a):>12}{fmt(b):>12}  {shown}")
@@ -376,6 +402,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.bench_engine", description=__doc__.splitlines()[0])
     p.add_argument("--workflows", type=int, default=5000,
                    help="runs in the throughput phase (a), for each peer: at least a few seconds of each")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="throughput rounds (a), ours then DBOS's in each; the median is reported")
     p.add_argument("--concurrency", type=int, default=8, help="client threads, and each worker's slots")
     p.add_argument("--sequential", type=int, default=300, help="runs in the sequential latency phase (b)")
     p.add_argument("--events", type=int, default=50, help="runs in the event wake-up phase (c)")
@@ -388,7 +416,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="DURABLE_LOG_LEVEL of the workers (the DBOS peer logs at WARNING)")
     p.add_argument("--keep-logs", action="store_true", help="keep the worker and DBOS logs (path printed)")
     args = p.parse_args(argv)
-    for name in ("workflows", "concurrency", "sequential", "workers"):
+    for name in ("workflows", "rounds", "concurrency", "sequential", "workers"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
     if args.sequential < 2 or args.events < 2 or args.timers < 2:
@@ -408,27 +436,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         version = server_version(url)
         log(f"schema {schema}; logs in {log_dir}")
         try:
-            # (a) on its own client and workers, closed afterwards: a backend's transaction counts
-            # reach pg_stat_database for certain only when it exits. The count includes the workers'
-            # start-up (migrations, registration: a few dozen) and the warm-up runs.
-            baseline = other_backends(url)
-            xact0 = db_counters(url)["xact_commit"]
-            with engine(url, schema, args, log_dir, "a") as client:
-                log(f"(a) throughput: {args.workflows} runs, {args.concurrency} client threads")
-                ours.update(measure_throughput(client, url, args.workflows, args.concurrency))
-            wait_backends_gone(url, baseline)
-            counted = args.workflows + warmup_runs(args.concurrency)
-            ours["xact_commits_per_workflow"] = (db_counters(url)["xact_commit"] - xact0) / counted
-
+            # (a) on its own client and workers, closed after each round: a backend's transaction
+            # counts reach pg_stat_database for certain only when it exits. The count includes the
+            # workers' start-up (migrations, registration: a few dozen) and the warm-up runs.
+            rounds: list[dict[str, Any]] = []
+            ours["xact_commits"] = 0
+            dbos_xacts = 0
+            for r in range(1, args.rounds + 1):
+                baseline = other_backends(url)
+                xact0 = db_counters(url)["xact_commit"]
+                with engine(url, schema, args, log_dir, f"a{r}") as client:
+                    log(f"(a) round {r}/{args.rounds}: {args.workflows} runs, {args.concurrency} client threads")
+                    mine = measure_throughput(client, url, args.workflows, args.concurrency)
+                wait_backends_gone(url, baseline)
+                ours["xact_commits"] += db_counters(url)["xact_commit"] - xact0
+                theirs = None
+                if not args.skip_dbos:
+                    log(f"(e) round {r}/{args.rounds}: DBOS Transact peer (subprocess)")
+                    dbos_xact0 = db_counters(url, DBOS_DATABASE)["xact_commit"]
+                    # DBOS's sequential latency (b) in the first round only, as ours is measured once.
+                    theirs = run_dbos(url, args.workflows, args.concurrency, args.sequential if r == 1 else 0, log_dir)
+                    # DBOS's process has exited, so its counts are complete; they cover its launch,
+                    # warm-up, throughput and sequential runs.
+                    dbos_xacts += db_counters(url, DBOS_DATABASE)["xact_commit"] - dbos_xact0
+                rounds.append({"durable": mine, "dbos": theirs})
+            counted = args.rounds * (args.workflows + warmup_runs(args.concurrency))
+            ours.update(combine_rounds([x["durable"] for x in rounds]))
+            ours["xact_commits_per_workflow"] = ours.pop("xact_commits") / counted
             if not args.skip_dbos:
-                log("(e) DBOS Transact peer (subprocess)")
-                dbos_xact0 = db_counters(url, DBOS_DATABASE)["xact_commit"]
-                dbos = run_dbos(url, args.workflows, args.concurrency, args.sequential, log_dir)
-                # DBOS's process has exited, so its counts are complete; they cover its launch,
-                # warm-up, throughput and sequential runs.
-                dbos_runs = args.workflows + args.sequential + max(WARMUP_RUNS, args.concurrency)
-                dbos["xact_commits_per_workflow"] = (
-                    db_counters(url, DBOS_DATABASE)["xact_commit"] - dbos_xact0) / dbos_runs
+                dbos_rounds: list[dict[str, float]] = [x["dbos"] for x in rounds]
+                dbos = {**dbos_rounds[0], **combine_rounds(dbos_rounds)}
+                dbos["xact_commits_per_workflow"] = dbos_xacts / (counted + args.sequential)
 
             with engine(url, schema, args, log_dir, "bcd") as client:
                 log(f"(b) sequential latency: {args.sequential} runs after {WARMUP_RUNS} warm-up runs")
@@ -445,8 +483,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 drop_schema(url, schema)
     if not args.keep_logs:
         shutil.rmtree(log_dir, ignore_errors=True)
+    ratios = round_ratios(ours, dbos)
     res: dict[str, Any] = {
-        "config": {"workflows": args.workflows, "concurrency": args.concurrency, "sequential": args.sequential,
+        "config": {"workflows": args.workflows, "rounds": args.rounds, "concurrency": args.concurrency,
+                   "sequential": args.sequential,
                    "events": args.events, "timers": args.timers, "workers": args.workers,
                    "cpus": os.cpu_count(), "embedded_postgres": args.database_url is None,
                    # Other processes on the machine skew every figure; the 1-minute load says how busy it was.
@@ -455,7 +495,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "durable": ours,
         "dbos": dbos,
         "ratios": {
-            "throughput_ours_over_dbos": ratio(ours["throughput_wps"], (dbos or {}).get("throughput_wps")),
+            # The median of the rounds' ratios, not the ratio of the medians: each round's pair ran
+            # back to back, under the same conditions.
+            "throughput_ours_over_dbos": statistics.median(ratios) if ratios else None,
+            "throughput_rounds_ours_over_dbos": ratios,
             "latency_p50_dbos_over_ours": ratio((dbos or {}).get("latency_p50_ms"), ours["latency_p50_ms"]),
             "latency_p95_dbos_over_ours": ratio((dbos or {}).get("latency_p95_ms"), ours["latency_p95_ms"]),
         },
