@@ -18,6 +18,10 @@ QUEUE_DEPTH = Gauge("durable_queue_depth", "Tasks ready to run", ["queue"])
 QUEUE_OLDEST = Gauge("durable_queue_oldest_task_age_seconds", "Age of the oldest ready, unleased task", ["queue"])
 ACTIVE_WAITS = Gauge("durable_active_waits", "Open waits", ["kind"])
 TASKS_IN_FLIGHT = Gauge("durable_worker_tasks_in_flight", "Tasks being executed by this worker", ["queue"])
+PUSHED_RUNS = Counter("durable_worker_pushed_runs_total",
+                      "New runs leased to this worker by their start (push dispatch): taken from the "
+                      "notification, adopted after a lost one, or refused (left to their lease's expiry)",
+                      ["queue", "outcome"])
 
 
 @cache

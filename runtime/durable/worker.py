@@ -300,7 +300,9 @@ class Worker:
                 # cannot take it (it never happens): the lease expires and a poll takes the task.
                 log.warning("pushed task not taken", extra={"action": "push_refused", "run_id": task.run_id,
                                                             "slot": slot, "state": self.book.state(slot)})
+                metrics.child(metrics.PUSHED_RUNS, task.queue, "refused").inc()
                 return
+            metrics.child(metrics.PUSHED_RUNS, task.queue, "taken").inc()
             self._submit(slot, task, load_context=not inline)
 
     def _adopt_pushes(self) -> None:
@@ -320,6 +322,7 @@ class Worker:
                     if self._stop.is_set() or not self.book.push(slot, task.id):
                         continue
                     log.info("pushed task adopted", extra={"action": "push_adopted", "run_id": task.run_id})
+                    metrics.child(metrics.PUSHED_RUNS, task.queue, "adopted").inc()
                     self._submit(slot, task)
             self.book.give_up(awaited)  # the rest: their task is gone, or leased elsewhere
 

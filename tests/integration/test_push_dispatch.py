@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 
 from durable import Client, Workflow, assign
 from durable.db import connect, q
@@ -60,6 +61,11 @@ def _offered(url: str, schema: str, owner: str) -> int:
     return int(_sql(url, schema, "SELECT count(*) FROM dispatch_slots WHERE owner = %s AND free", [owner])[0][0])
 
 
+def _pushed(outcome: str) -> float:
+    return REGISTRY.get_sample_value("durable_worker_pushed_runs_total",
+                                     {"queue": "push_q", "outcome": outcome}) or 0.0
+
+
 def _no_rounds(worker: Worker, monkeypatch: Any) -> list[str]:
     rounds: list[str] = []
     original = worker._lease_round
@@ -77,6 +83,7 @@ def test_a_new_run_is_pushed_to_a_free_slot_and_runs_without_a_dispatch_round(
     push_client.wait(push_client.start("t_push", {"n": 0}), timeout=10)
     wait_until(lambda: _offered(database_url, schema, push_worker.owner) == SLOTS, what="every slot offered")
     rounds = _no_rounds(push_worker, monkeypatch)
+    taken = _pushed("taken")
     for n in range(5):
         run = push_client.wait(push_client.start("t_push", {"n": n}), timeout=10)
         assert run.result == {"n": n + 2, "size": 0}
@@ -85,6 +92,7 @@ def test_a_new_run_is_pushed_to_a_free_slot_and_runs_without_a_dispatch_round(
                                     "WHERE id = %s", [run.id])
         assert started == created
     assert rounds == [], "a pushed run needed a dispatch round"
+    assert _pushed("taken") == taken + 5  # and the worker's metrics count them
 
 
 def test_the_last_checkpoint_offers_the_slot_before_the_run_is_seen_finished(
@@ -190,6 +198,7 @@ def test_a_push_lost_with_the_listen_connection_is_adopted_on_reconnect(
         original(body)
 
     monkeypatch.setattr(push_worker, "_on_push", losing)
+    adopted = _pushed("adopted")
     run_id = push_client.start("t_push", {"n": 100})
     assert lost.wait(5)
     assert push_client.get(run_id).status == "running"  # leased to us, unseen
@@ -198,6 +207,7 @@ def test_a_push_lost_with_the_listen_connection_is_adopted_on_reconnect(
     # The lease lasts 5 s in these tests: finishing well inside it means the worker adopted the task.
     run = push_client.wait(run_id, timeout=3)
     assert run.result == {"n": 102, "size": 0}
+    assert _pushed("adopted") == adopted + 1
 
 
 held = Workflow("t_push_held", queue="race_q")
