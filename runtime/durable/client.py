@@ -11,7 +11,6 @@ import builtins
 import json
 import threading
 import time
-import uuid
 from collections import defaultdict
 from datetime import datetime
 from typing import Any
@@ -23,6 +22,7 @@ from . import groupcommit, metrics, store
 from .db import connect, make_pool, q, resolve_url
 from .dsl import REGISTRY
 from .errors import RunNotFound, RunTimeout
+from .ids import new_run_id
 from .jsonutil import dumps, rows_with_json_last
 from .migrate import migrate
 from .models import FINISHED, Run, RunStatus
@@ -233,7 +233,7 @@ class Client:
               scheduled_at: datetime | None = None, idempotency_key: str | None = None, priority: int = 0) -> str:
         """Start a run and return its id; with ``idempotency_key``, the existing run's id if there is one."""
         input_json = dumps(input, what="input", limit=self.settings.limits.max_context_bytes)
-        new_id = str(uuid.uuid4())
+        new_id = new_run_id()
         options: dict[str, Any] = {"queue": queue, "scheduled_at": scheduled_at, "idempotency_key": idempotency_key,
                                    "priority": priority, "cache": self._definitions, "run_id": new_id}
         try:  # checked before it joins a batch, so a bad start fails alone and changes nothing

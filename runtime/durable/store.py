@@ -15,6 +15,7 @@ import psycopg
 
 from .db import q
 from .errors import InvalidInput, RunNotActive, RunNotFound, UnknownQueue, WorkflowNotFound
+from .ids import new_run_id
 from .jsonutil import dumps
 
 ACTIVE = ("pending", "running", "waiting", "compensating")
@@ -95,7 +96,7 @@ def start_params(conn: Conn | None, workflow: str, input_json: str, *, queue: st
     base = scheduled_at or datetime.now(UTC)
     deadline = base + timedelta(milliseconds=timeout_ms) if timeout_ms else None
     return {
-        "id": run_id or str(uuid.uuid4()), "workflow": workflow, "hash": hash_, "queue": queue, "priority": priority,
+        "id": run_id or new_run_id(), "workflow": workflow, "hash": hash_, "queue": queue, "priority": priority,
         "input": input_json, "first_step": first_step, "idempotency_key": idempotency_key,
         "parent_id": parent[0] if parent else None, "parent_step": parent[1] if parent else None,
         "parent_wait_idx": parent[2] if parent else None, "scheduled_at": scheduled_at, "deadline": deadline,

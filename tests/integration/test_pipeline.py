@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -45,6 +46,7 @@ def test_sequential_sync_and_async_steps(client: Client) -> None:
     assert run.result == {"n": 11}
     assert [s.name for s in run.steps] == ["first", "second", "third"]
     assert run.progress == "3/3"
+    assert uuid.UUID(str(run.id)).version == 7  # time-ordered run ids (durable.ids)
 
 
 flaky = Workflow("t_flaky")
