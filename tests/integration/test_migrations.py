@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from durable import migrate as migrations
+from durable.db import q
 from durable.migrate import migrate, migration_files
 from tests.support import drop_schema, new_schema
 
@@ -98,5 +99,30 @@ def test_a_runs_status_changes_touch_no_index(database_url: str) -> None:
                                 (task_id, token, run_id)).fetchone()[0]
             assert hot_updates() == before + 2
             assert conn.execute("SELECT status, result FROM executions").fetchall() == [("succeeded", {"ok": 1})]
+    finally:
+        drop_schema(database_url, schema)
+
+
+def test_renewing_a_lease_touches_no_index(database_url: str) -> None:
+    """0013: no index covers tasks.lease_expires_at, so a worker's lease renewals are HOT updates."""
+    schema = new_schema("renew")
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            migrate(conn, schema)
+            conn.execute(f"SET search_path = {schema}")
+            conn.execute("INSERT INTO workflows (name, hash, first_step, graph) VALUES ('wf', 'h', 'one', '{}')")
+            conn.execute("SELECT durable_start_v1(gen_random_uuid(), 'wf', 'h', 'default', 0,"
+                         " '{}', 'one', NULL, NULL, NULL, NULL, NULL, NULL)")
+            [(token,)] = conn.execute("SELECT lease_token FROM durable_lease_v3('default', 1, 'o', 30)"
+                                      " WHERE id IS NOT NULL").fetchall()
+
+            def hot_updates() -> int:
+                return int(conn.execute("SELECT pg_stat_get_xact_tuples_hot_updated('tasks'::regclass)"
+                                        ).fetchone()[0])
+
+            before = hot_updates()
+            renewed = conn.execute(q("renew_leases"), {"tokens": [token], "ttl": 60})
+            assert renewed.rowcount == 1
+            assert hot_updates() == before + 1
     finally:
         drop_schema(database_url, schema)
