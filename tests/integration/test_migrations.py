@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 import pytest
@@ -73,9 +76,10 @@ def test_status_domains_keep_stored_rows_and_refuse_unknown_values(database_url:
         drop_schema(database_url, schema)
 
 
-def test_a_runs_status_changes_touch_no_index(database_url: str) -> None:
-    """0011: no index covers executions.status, so leasing and finishing a run are HOT updates."""
-    schema = new_schema("hot")
+@contextmanager
+def _one_run(database_url: str, prefix: str) -> Iterator[tuple[psycopg.Connection[Any], str]]:
+    """A migrated schema holding one pending run of a one-step workflow, on an autocommit connection."""
+    schema = new_schema(prefix)
     try:
         with psycopg.connect(database_url, autocommit=True) as conn:
             migrate(conn, schema)
@@ -83,46 +87,37 @@ def test_a_runs_status_changes_touch_no_index(database_url: str) -> None:
             conn.execute("INSERT INTO workflows (name, hash, first_step, graph) VALUES ('wf', 'h', 'one', '{}')")
             run_id = conn.execute("SELECT run_id FROM durable_start_v1(gen_random_uuid(), 'wf', 'h', 'default', 0,"
                                   " '{}', 'one', NULL, NULL, NULL, NULL, NULL, NULL)").fetchone()[0]
-
-            def hot_updates() -> int:
-                # This backend's own count, read back at once (pg_stat_user_tables lags behind).
-                return int(conn.execute("SELECT pg_stat_get_xact_tuples_hot_updated('executions'::regclass)"
-                                        ).fetchone()[0])
-
-            before = hot_updates()
-            leased = conn.execute("SELECT id, lease_token, started FROM durable_lease_v3('default', 1, 'o', 30)"
-                                  " WHERE id IS NOT NULL").fetchall()
-            assert [r[2] for r in leased] == [True]
-            assert hot_updates() == before + 1
-            task_id, token, _ = leased[0]
-            assert conn.execute("SELECT durable_succeed_v2(%s, %s, %s, 'one', 1, '{\"ok\": 1}', 'o', now())",
-                                (task_id, token, run_id)).fetchone()[0]
-            assert hot_updates() == before + 2
-            assert conn.execute("SELECT status, result FROM executions").fetchall() == [("succeeded", {"ok": 1})]
+            yield conn, run_id
     finally:
         drop_schema(database_url, schema)
+
+
+def _hot_updates(conn: psycopg.Connection[Any], table: str) -> int:
+    # This backend's own count, read back at once (pg_stat_user_tables lags behind).
+    return int(conn.execute("SELECT pg_stat_get_xact_tuples_hot_updated(%s::regclass)", [table]).fetchone()[0])
+
+
+def test_a_runs_status_changes_touch_no_index(database_url: str) -> None:
+    """0011: no index covers executions.status, so leasing and finishing a run are HOT updates."""
+    with _one_run(database_url, "hot") as (conn, run_id):
+        before = _hot_updates(conn, "executions")
+        leased = conn.execute("SELECT id, lease_token, started FROM durable_lease_v3('default', 1, 'o', 30)"
+                              " WHERE id IS NOT NULL").fetchall()
+        assert [r[2] for r in leased] == [True]
+        assert _hot_updates(conn, "executions") == before + 1
+        task_id, token, _ = leased[0]
+        assert conn.execute("SELECT durable_succeed_v2(%s, %s, %s, 'one', 1, '{\"ok\": 1}', 'o', now())",
+                            (task_id, token, run_id)).fetchone()[0]
+        assert _hot_updates(conn, "executions") == before + 2
+        assert conn.execute("SELECT status, result FROM executions").fetchall() == [("succeeded", {"ok": 1})]
 
 
 def test_renewing_a_lease_touches_no_index(database_url: str) -> None:
     """0013: no index covers tasks.lease_expires_at, so a worker's lease renewals are HOT updates."""
-    schema = new_schema("renew")
-    try:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            migrate(conn, schema)
-            conn.execute(f"SET search_path = {schema}")
-            conn.execute("INSERT INTO workflows (name, hash, first_step, graph) VALUES ('wf', 'h', 'one', '{}')")
-            conn.execute("SELECT durable_start_v1(gen_random_uuid(), 'wf', 'h', 'default', 0,"
-                         " '{}', 'one', NULL, NULL, NULL, NULL, NULL, NULL)")
-            [(token,)] = conn.execute("SELECT lease_token FROM durable_lease_v3('default', 1, 'o', 30)"
-                                      " WHERE id IS NOT NULL").fetchall()
-
-            def hot_updates() -> int:
-                return int(conn.execute("SELECT pg_stat_get_xact_tuples_hot_updated('tasks'::regclass)"
-                                        ).fetchone()[0])
-
-            before = hot_updates()
-            renewed = conn.execute(q("renew_leases"), {"tokens": [token], "ttl": 60})
-            assert renewed.rowcount == 1
-            assert hot_updates() == before + 1
-    finally:
-        drop_schema(database_url, schema)
+    with _one_run(database_url, "renew") as (conn, _):
+        [(token,)] = conn.execute("SELECT lease_token FROM durable_lease_v3('default', 1, 'o', 30)"
+                                  " WHERE id IS NOT NULL").fetchall()
+        before = _hot_updates(conn, "tasks")
+        renewed = conn.execute(q("renew_leases"), {"tokens": [token], "ttl": 60})
+        assert renewed.rowcount == 1
+        assert _hot_updates(conn, "tasks") == before + 1
