@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -77,7 +78,7 @@ def test_status_domains_keep_stored_rows_and_refuse_unknown_values(database_url:
 
 
 @contextmanager
-def _one_run(database_url: str, prefix: str) -> Iterator[tuple[psycopg.Connection[Any], str]]:
+def _one_run(database_url: str, prefix: str) -> Iterator[tuple[psycopg.Connection[Any], uuid.UUID]]:
     """A migrated schema holding one pending run of a one-step workflow, on an autocommit connection."""
     schema = new_schema(prefix)
     try:
