@@ -27,9 +27,6 @@ SELECT run_id, created FROM durable_start_v1(%(id)s, %(workflow)s, %(hash)s, %(q
                                              %(first_step)s, %(idempotency_key)s, %(parent_id)s, %(parent_step)s,
                                              %(parent_wait_idx)s, %(scheduled_at)s, %(deadline)s);
 
--- name: start_batch_v1
-SELECT run_id, created FROM durable_start_batch_v1(%(starts)s::jsonb);
-
 -- name: start_batch_v2
 -- Pushes each run due now to an offered worker slot when there is one (migration 0012).
 SELECT run_id, created FROM durable_start_batch_v2(%(starts)s::jsonb);
@@ -305,6 +302,3 @@ SELECT durable_advance_v1(%(task_id)s, %(token)s, %(run_id)s, %(step)s, %(attemp
 -- name: succeed_v2
 SELECT durable_succeed_v2(%(task_id)s, %(token)s, %(run_id)s, %(step)s, %(attempt)s, %(context)s::jsonb,
                           %(worker)s, %(started_at)s);
-
--- name: checkpoint_batch_v3
-SELECT durable_checkpoint_batch_v3(%(batch)s::jsonb, %(worker)s, %(ttl)s);
