@@ -291,19 +291,25 @@ class Worker:
             raise
         self.book.end_withdraw((int(r[0]), bool(r[1]), r[2]) for r in rows)
 
+    def _accept_push(self, slot: int, task: Task, outcome: str, load_context: bool = False) -> bool:
+        """Run a task pushed to ``slot`` if the slot may take it (counted as ``outcome``); False when
+        it may not, or we are stopping."""
+        with self._push_lock:
+            if self._stop.is_set() or not self.book.push(slot, task.id):
+                return False
+            metrics.child(metrics.PUSHED_RUNS, task.queue, outcome).inc()
+            self._submit(slot, task, load_context=load_context)
+            return True
+
     def _on_push(self, body: str) -> None:
         """A new run leased to one of our slots by its start: run it."""
         slot, task, inline = Task.from_push(json.loads(body))
-        with self._push_lock:
-            if self._stop.is_set() or not self.book.push(slot, task.id):
-                # Stopping: the task goes back to its queue when we unregister. Otherwise the slot
-                # cannot take it (it never happens): the lease expires and a poll takes the task.
-                log.warning("pushed task not taken", extra={"action": "push_refused", "run_id": task.run_id,
-                                                            "slot": slot, "state": self.book.state(slot)})
-                metrics.child(metrics.PUSHED_RUNS, task.queue, "refused").inc()
-                return
-            metrics.child(metrics.PUSHED_RUNS, task.queue, "taken").inc()
-            self._submit(slot, task, load_context=not inline)
+        if not self._accept_push(slot, task, "taken", load_context=not inline):
+            # Stopping: the task goes back to its queue when we unregister. Otherwise the slot
+            # cannot take it (it never happens): the lease expires and a poll takes the task.
+            log.warning("pushed task not taken", extra={"action": "push_refused", "run_id": task.run_id,
+                                                        "slot": slot, "state": self.book.state(slot)})
+            metrics.child(metrics.PUSHED_RUNS, task.queue, "refused").inc()
 
     def _adopt_pushes(self) -> None:
         """After (re)connecting the LISTEN connection: pushes sent while nobody listened are found
@@ -316,14 +322,8 @@ class Worker:
             rows = conn.execute(q("pushed_tasks"), {"owner": self.owner, "slots": list(awaited)}).fetchall()
             for row in rows:
                 slot, task = int(row[0]), Task.from_lease_row(tuple(row[1:]))
-                if awaited.get(slot) != task.id:
-                    continue
-                with self._push_lock:
-                    if self._stop.is_set() or not self.book.push(slot, task.id):
-                        continue
+                if awaited.get(slot) == task.id and self._accept_push(slot, task, "adopted"):
                     log.info("pushed task adopted", extra={"action": "push_adopted", "run_id": task.run_id})
-                    metrics.child(metrics.PUSHED_RUNS, task.queue, "adopted").inc()
-                    self._submit(slot, task)
             self.book.give_up(awaited)  # the rest: their task is gone, or leased elsewhere
 
     def _unregister_slots(self) -> None:
