@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -104,3 +105,16 @@ class WorkerProcess(ChildProcess):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def record_rounds(worker: Any, monkeypatch: Any) -> list[str]:
+    """The names of the threads that run ``worker``'s lease rounds from now on, in order."""
+    rounds: list[str] = []
+    original = worker._lease_round
+
+    def recording() -> float:
+        rounds.append(threading.current_thread().name)
+        return float(original())
+
+    monkeypatch.setattr(worker, "_lease_round", recording)
+    return rounds

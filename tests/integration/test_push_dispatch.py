@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from durable import Client, Workflow, assign
 from durable.db import connect, q
 from durable.worker import Worker
-from tests.support import settings_for, wait_until
+from tests.support import record_rounds, settings_for, wait_until
 
 pushed = Workflow("t_push", queue="push_q")
 
@@ -66,23 +66,11 @@ def _pushed(outcome: str) -> float:
                                      {"queue": "push_q", "outcome": outcome}) or 0.0
 
 
-def _no_rounds(worker: Worker, monkeypatch: Any) -> list[str]:
-    rounds: list[str] = []
-    original = worker._lease_round
-
-    def recording() -> float:
-        rounds.append(threading.current_thread().name)
-        return original()
-
-    monkeypatch.setattr(worker, "_lease_round", recording)
-    return rounds
-
-
 def test_a_new_run_is_pushed_to_a_free_slot_and_runs_without_a_dispatch_round(
         push_client: Client, push_worker: Worker, database_url: str, schema: str, monkeypatch: Any) -> None:
     push_client.wait(push_client.start("t_push", {"n": 0}), timeout=10)
     wait_until(lambda: _offered(database_url, schema, push_worker.owner) == SLOTS, what="every slot offered")
-    rounds = _no_rounds(push_worker, monkeypatch)
+    rounds = record_rounds(push_worker, monkeypatch)
     taken = _pushed("taken")
     for n in range(5):
         run = push_client.wait(push_client.start("t_push", {"n": n}), timeout=10)

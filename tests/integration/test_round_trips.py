@@ -14,7 +14,7 @@ from durable import Client, NonRetryableError, Workflow, assign, sleep
 from durable.client import _RunWatcher
 from durable.db import connect, q
 from durable.worker import Worker
-from tests.support import settings_for, wait_until
+from tests.support import record_rounds, settings_for, wait_until
 
 quick = Workflow("t_rt_quick")
 
@@ -267,14 +267,7 @@ def test_an_announced_task_is_leased_on_the_listen_thread(client: Client, worker
     """A new run's notification leads straight to a lease round on the thread that received it, without
     waking the dispatcher thread first (one thread hand-off fewer per run)."""
     _no_offers(worker, monkeypatch)
-    threads: list[str] = []
-    original = worker._lease_round
-
-    def recording() -> float:
-        threads.append(threading.current_thread().name)
-        return original()
-
-    monkeypatch.setattr(worker, "_lease_round", recording)
+    threads = record_rounds(worker, monkeypatch)
     for n in range(3):
         assert client.wait(client.start("t_rt_quick", {"n": n}), timeout=10).result == {"n": n + 2}
     assert "durable-listen" in threads, threads
